@@ -1,0 +1,298 @@
+"""The Cache facade the engine talks to: keys, lookups, loads, background writes.
+
+A stage output's key is built from :class:`KeyParts` (stage, code key, options,
+input keys) — in-pipeline data is never hashed. Lookups are O(1) with no I/O;
+loads and writes run in threads; the memory tier answers repeated hits::
+
+    >>> import asyncio, tempfile
+    >>> cache = Cache(tempfile.mkdtemp())
+    >>> parts = KeyParts("double", "c0de", "", ("in-1",))
+    >>> async def demo():
+    ...     await cache.open(["double"])
+    ...     first = cache.lookup(parts, "p1")
+    ...     cache.store("double", parts.key, 42, parts, "p1")
+    ...     await cache.flush()
+    ...     return first, cache.lookup(parts, "p1").hit, await cache.load("double", parts.key)
+    >>> first, hit, value = asyncio.run(demo())
+    >>> first.reason, hit, value
+    ('not cached before', True, 42)
+    >>> cache.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import pathlib
+import shutil
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+import xxhash
+
+from .._exceptions import CacheError, CacheWarning
+from . import _manage
+from ._codekey import code_key as _code_key
+from ._fingerprint import fingerprint as _fingerprint
+from ._index import Record, StageIndex, append_log, read_stage, record_line, stage_dirname
+from ._memory import MISSING, MemoryTier, estimate_size, freeze, thaw
+from ._store import CorruptEntry, ParquetStoreBackend, _Pickled, choose_format
+
+__all__ = ["Cache", "CacheLookup", "KeyParts"]
+
+#: Writer threads. Two keep Parquet encoding (which releases the GIL) off the
+#: critical path on the 2-core target without starving the stages.
+WRITE_THREADS = 2
+#: Pickled snapshots bigger than this are unpickled in a thread rather than on the loop.
+_THAW_INLINE = 1 << 20
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    """What one (stage, partition) output's key is made of."""
+
+    stage: str
+    code: str
+    options: str
+    inputs: tuple[str, ...]
+
+    @functools.cached_property
+    def key(self) -> str:
+        """xxh3_128 hex over all parts (about a microsecond)."""
+        joined = "\x1f".join((self.stage, self.code, self.options, *self.inputs))
+        return xxhash.xxh3_128_hexdigest(joined.encode())
+
+    def record(self) -> Record:
+        inputs = xxhash.xxh3_64_hexdigest("\x1f".join(self.inputs).encode())
+        return Record(self.key, self.code, xxhash.xxh3_64_hexdigest(self.options.encode()), inputs)
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """Hit or miss, and why: "" on a hit, else one of the reasons in docs/caching.md."""
+
+    hit: bool
+    reason: str
+    key: str
+
+
+class Cache:
+    """Memoizes stage outputs in ``location`` (Parquet for frames, pickle otherwise)."""
+
+    def __init__(self, location: str | os.PathLike[str], *, memory_limit: int = 512 * 2**20) -> None:
+        self.location = pathlib.Path(location).expanduser().absolute()
+        # A pathlib location keeps joblib from adding a "joblib/" level.
+        self.memory = joblib.Memory(self.location, backend="asyncpipe", verbose=0)
+        self._backend: ParquetStoreBackend = self.memory.store_backend
+        self._mem = MemoryTier(memory_limit)
+        self._index: dict[str, StageIndex] = {}
+        self._all_keys: set[str] = set()
+        self._code_funcs: dict[str, dict[str, str]] = {}
+        self._logged_codes: set[tuple[str, str]] = set()
+        self._pending: dict[str, Future[None]] = {}
+        self._deferred: list[str] = []
+        self._warned: set[tuple[str, str]] = set()
+        self._writer: ThreadPoolExecutor | None = None
+
+    # -- keys ---------------------------------------------------------------------------
+    def code_key(self, stage: Any) -> tuple[str, dict[str, str]]:
+        """(key, {qualname: hash}) of ``stage.fn`` and its same-module helpers (blocking)."""
+        options = getattr(stage, "options", None)
+        version = getattr(options, "version", None)
+        key, funcs = _code_key(getattr(stage, "fn", stage), version)
+        self._code_funcs[key] = funcs
+        return key, funcs
+
+    fingerprint = staticmethod(_fingerprint)
+
+    # -- a run --------------------------------------------------------------------------
+    async def open(self, stages: list[str]) -> None:
+        """Read each stage's entry list and log in a thread, so lookups need no I/O."""
+        loaded = await asyncio.to_thread(
+            lambda: {s: read_stage(str(self.location / stage_dirname(s))) for s in stages}
+        )
+        for stage, idx in loaded.items():
+            old = self._index.get(stage)
+            if old is not None:  # keep what this process knows but is not on disk yet
+                idx.keys |= {k for k in old.keys if k in self._pending}
+                idx.codes = {**old.codes, **idx.codes}
+                idx.corrupt |= old.corrupt - idx.keys
+            self._index[stage] = idx
+            self._all_keys |= idx.keys
+
+    def lookup(self, parts: KeyParts, partition_id: str) -> CacheLookup:
+        """Hit if the key is in memory or on disk; on a miss, say why (no I/O)."""
+        key = parts.key
+        idx = self._stage(parts.stage)
+        if key in self._mem or key in idx.keys:
+            return CacheLookup(True, "", key)
+        known = any(i in self._all_keys for i in parts.inputs[:8])
+        reason = idx.explain(key, parts.record(), partition_id, self._code_funcs, known)
+        return CacheLookup(False, reason, key)
+
+    async def load(self, stage: str, key: str) -> Any:
+        """The stored value: from memory, else from disk in a thread. CacheError if unusable."""
+        frozen = self._mem.get(key)
+        if frozen is not MISSING:
+            if isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE:
+                return await asyncio.to_thread(thaw, frozen)
+            return thaw(frozen)
+        pending = self._pending.get(key)
+        if pending is not None:  # evicted from memory before its write finished
+            await asyncio.wrap_future(pending)
+        try:
+            value, frozen, nbytes = await asyncio.to_thread(self._read, stage, key)
+        except CorruptEntry as exc:
+            self._warn(f"Cache entry for stage {stage!r} ({key}) is corrupt and was removed; {exc}")
+            await asyncio.to_thread(self._remove_corrupt, stage, key)
+            raise CacheError(f"Corrupt cache entry for stage {stage!r}: {exc}") from exc
+        except KeyError as exc:
+            self._stage(stage).keys.discard(key)
+            raise CacheError(f"Cache entry for stage {stage!r} ({key}) vanished (cleared?).") from exc
+        except CacheError as exc:
+            self._warn(str(exc))
+            raise
+        self._mem.put(key, stage, frozen, nbytes)
+        return value
+
+    def store(self, stage: str, key: str, value: Any, parts: KeyParts | None, partition_id: str) -> None:
+        """Keep ``value`` in memory and write it to disk in the background. Never raises.
+
+        ``parts`` may be None (a recompute after a corrupt entry): the key is then stored
+        without updating the partition's record.
+        """
+        try:
+            frozen = freeze(value)
+            fmt, problem = choose_format(frozen)
+            if problem and (stage, problem) not in self._warned:
+                self._warned.add((stage, problem))
+                self._warn(f"Stage {stage!r} output cached as pickle, not Parquet: {problem}.")
+            self._mem.put(key, stage, frozen, estimate_size(frozen))
+            idx = self._stage(stage)
+            idx.keys.add(key)
+            self._all_keys.add(key)
+            idx.corrupt.discard(key)
+            record = parts.record() if parts is not None else None
+            if record is not None:
+                idx.records[partition_id] = record
+                if record.code in self._code_funcs:
+                    idx.codes.setdefault(record.code, self._code_funcs[record.code])
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="asyncpipe-cache")
+            fut = self._writer.submit(self._write, stage, key, frozen, fmt, record, partition_id)
+            self._pending[key] = fut
+            fut.add_done_callback(functools.partial(self._done, key))
+        except Exception as exc:
+            self._warn(f"Could not cache stage {stage!r} output: {exc!r}; the run continues.")
+
+    async def flush(self) -> None:
+        """Wait until every stored value is durable on disk; re-emit writer warnings here."""
+        while self._pending:
+            futures = [asyncio.wrap_future(f) for f in list(self._pending.values())]
+            await asyncio.gather(*futures, return_exceptions=True)
+        self._emit_deferred()
+
+    def close(self) -> None:
+        """Stop the writer threads (waiting for pending writes)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+        self._emit_deferred()
+
+    # -- management -----------------------------------------------------------------------
+    def entries(self, stage: str | None = None) -> Any:
+        """DataFrame of entries: stage, key, format, bytes, created, age_s."""
+        return _manage.list_entries(self.location, stage)
+
+    def info(self) -> dict[str, Any]:
+        """Location, per-stage counts and bytes, totals, and the memory tier's use."""
+        out = _manage.info(self.location)
+        out["memory"] = {"entries": len(self._mem), "bytes": self._mem.nbytes, "limit": self._mem.limit}
+        return out
+
+    def clear(self, stage: str | None = None) -> int:
+        """Remove the entries of ``stage`` (or all) on disk and in memory; return the count."""
+        self._mem.clear(stage)
+        for name, idx in self._index.items():
+            if stage is None or name == stage:
+                idx.keys.clear()
+                idx.records.clear()
+        return _manage.clear(self.location, stage)
+
+    def prune(self, *, max_age: float | None = None, max_bytes: int | None = None) -> int:
+        """Remove entries older than ``max_age`` s, then oldest first down to ``max_bytes``."""
+        removed = _manage.prune(self.location, max_age=max_age, max_bytes=max_bytes)
+        if removed:
+            for stage, idx in self._index.items():
+                idx.keys = read_stage(str(self.location / stage_dirname(stage))).keys
+        return removed
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.location)!r}, memory={len(self._mem)} entries/{self._mem.nbytes} B)"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        inf = _manage.info(self.location)
+        rows = "".join(
+            f"<tr><td>{html.escape(s)}</td><td>{v['entries']}</td><td>{_manage.human_size(v['bytes'])}</td></tr>"
+            for s, v in sorted(inf["stages"].items())
+        )
+        return (
+            f"<b>asyncpipe cache</b> at <code>{html.escape(str(self.location))}</code>: "
+            f"{inf['entries']} entries, {_manage.human_size(inf['bytes'])} on disk; "
+            f"{len(self._mem)} in memory ({_manage.human_size(self._mem.nbytes)})"
+            f"<table><tr><th>stage</th><th>entries</th><th>size</th></tr>{rows}</table>"
+        )
+
+    # -- internals ------------------------------------------------------------------------
+    def _stage(self, stage: str) -> StageIndex:
+        idx = self._index.get(stage)
+        if idx is None:
+            idx = self._index[stage] = StageIndex()
+        return idx
+
+    def _call_id(self, stage: str, key: str) -> list[str]:
+        return [stage_dirname(stage), key]
+
+    def _read(self, stage: str, key: str) -> tuple[Any, Any, int]:
+        value = self._backend.read_entry(self._call_id(stage, key))
+        frozen = freeze(value)
+        return value, frozen, estimate_size(frozen, exact=True)
+
+    def _write(self, stage: str, key: str, frozen: Any, fmt: str, record: Record | None, pid: str) -> None:
+        try:
+            self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
+            if record is not None:
+                lines: list[dict[str, Any]] = []
+                if (stage, record.code) not in self._logged_codes and record.code in self._code_funcs:
+                    self._logged_codes.add((stage, record.code))
+                    lines.append({"code": record.code, "funcs": self._code_funcs[record.code]})
+                lines.append(record_line(pid, record))
+                append_log(str(self.location / stage_dirname(stage)), lines)
+            if type(frozen).__module__.startswith("pandas"):
+                self._mem.resize(key, estimate_size(frozen, exact=True))
+        except Exception as exc:
+            self._stage(stage).keys.discard(key)
+            self._deferred.append(f"Cache write for stage {stage!r} failed ({exc!r}); the run continues.")
+
+    def _done(self, key: str, fut: Future[None]) -> None:
+        if self._pending.get(key) is fut:
+            del self._pending[key]
+
+    def _remove_corrupt(self, stage: str, key: str) -> None:
+        idx = self._stage(stage)
+        idx.keys.discard(key)
+        idx.corrupt.add(key)
+        shutil.rmtree(os.path.join(self.location, *self._call_id(stage, key)), ignore_errors=True)
+
+    def _warn(self, message: str) -> None:
+        warnings.warn(message, CacheWarning, stacklevel=3)
+
+    def _emit_deferred(self) -> None:
+        while self._deferred:
+            self._warn(self._deferred.pop(0))

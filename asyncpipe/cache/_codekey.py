@@ -1,0 +1,162 @@
+"""Normalized code hashing for cache keys.
+
+A stage's code key covers its function and, recursively, the module-level helper
+functions (and classes) it refers to that live in the same module — in a notebook,
+every cell of the kernel — plus simple module-level constants it reads. Source is
+parsed with :mod:`ast`, so comments, docstrings, formatting, decorators and line
+shifts do not change the key; a real edit does::
+
+    >>> import textwrap
+    >>> ns: dict = {}
+    >>> exec(compile("def f(x):\\n    return x + 1\\n", "<doc>", "exec"), ns)
+    >>> key, parts = code_key(ns["f"])
+    >>> sorted(parts), len(key)
+    (['f'], 32)
+
+When no source is available (``exec`` of a string, as above, has none) the
+bytecode, constants and names are hashed instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Callable
+from typing import Any
+
+import xxhash
+
+__all__ = ["code_key", "function_hashes"]
+
+_CONST_TYPES = (int, float, complex, bool, str, bytes, type(None))
+
+
+def code_key(fn: Callable[..., Any], version: str | None = None) -> tuple[str, dict[str, str]]:
+    """Return ``(key, {qualname: hash})`` for ``fn`` and the same-module code it uses.
+
+    ``version`` replaces code hashing entirely (the dict is then ``{"version": version}``).
+    """
+    parts = {"version": version} if version is not None else function_hashes(fn)
+    h = xxhash.xxh3_128()
+    for name in sorted(parts):
+        h.update(f"{name}\0{parts[name]}\n".encode())
+    return h.hexdigest(), parts
+
+
+def function_hashes(fn: Callable[..., Any]) -> dict[str, str]:
+    """Hash ``fn`` and, recursively, the same-module helpers and constants it refers to."""
+    out: dict[str, str] = {}
+    _visit(_unwrap(fn), None, out, set())
+    return out
+
+
+def _unwrap(obj: Any) -> Any:
+    inner = getattr(obj, "fn", None)  # an asyncpipe Stage wraps its function
+    if inner is not None and callable(inner) and type(obj).__name__ == "Stage":
+        obj = inner
+    if isinstance(obj, types.MethodType):
+        obj = obj.__func__
+    return inspect.unwrap(obj) if callable(obj) else obj
+
+
+def _visit(obj: Any, home_module: str | None, out: dict[str, str], seen: set[int]) -> None:
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, functools.partial):
+        out[f"partial({_qualname(obj.func)})"] = _hash_data((obj.args, sorted(obj.keywords.items())))
+        _visit(_unwrap(obj.func), home_module, out, seen)
+        return
+    if not isinstance(obj, (types.FunctionType, type)):
+        # A callable object (a built-in source, say): its class code plus its state.
+        cls = type(obj)
+        out[f"{_qualname(cls)}()"] = _hash_data(getattr(obj, "__dict__", repr(obj)))
+        if cls.__module__ == home_module or home_module is None:
+            _visit(cls, cls.__module__, out, seen)
+        return
+    module = obj.__module__
+    normalized, names, globalns = _normalize(obj)
+    out[_qualname(obj)] = xxhash.xxh3_64_hexdigest(normalized)
+    for name in sorted(names):
+        if name not in globalns:
+            continue
+        value = globalns[name]
+        if isinstance(value, _CONST_TYPES) or (
+            isinstance(value, (tuple, frozenset)) and all(isinstance(v, _CONST_TYPES) for v in value)
+        ):
+            out[f"global {name}"] = xxhash.xxh3_64_hexdigest(repr(value).encode())
+            continue
+        target = _unwrap(value)
+        if isinstance(target, (types.FunctionType, type)) and getattr(target, "__module__", None) == module:
+            _visit(target, module, out, seen)
+
+
+def _qualname(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def _normalize(obj: types.FunctionType | type) -> tuple[bytes, set[str], dict[str, Any]]:
+    """(normalized text, global names referred to, the globals to resolve them in)."""
+    globalns: dict[str, Any] | None = getattr(obj, "__globals__", None)
+    if globalns is None:
+        module = sys.modules.get(obj.__module__)
+        globalns = vars(module) if module is not None else {}
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        if isinstance(obj, types.FunctionType):
+            return _bytecode_text(obj.__code__), _code_names(obj.__code__), globalns
+        return repr(sorted(vars(obj))).encode(), set(), globalns
+    node = tree.body[0] if len(tree.body) == 1 else tree
+    _strip(node, top=True)
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return ast.dump(node, annotate_fields=False, include_attributes=False).encode(), names, globalns
+
+
+def _strip(node: ast.AST, *, top: bool) -> None:
+    """Drop what does not change behaviour: docstrings, and the stage's own decorators."""
+    for child in ast.walk(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            body = child.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                child.body = body[1:] or [ast.Pass()]
+    if top and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        # Decorators carry scheduling options (@stage(concurrency=4)); output-affecting
+        # options reach the key separately.
+        node.decorator_list = []
+
+
+def _bytecode_text(code: types.CodeType) -> bytes:
+    h = xxhash.xxh3_128()
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            h.update(_bytecode_text(const))
+        else:
+            h.update(repr(const).encode())
+    return h.hexdigest().encode()
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _hash_data(value: Any) -> str:
+    from ._fingerprint import fingerprint
+
+    return fingerprint(value)
