@@ -1,0 +1,107 @@
+"""asyncpipe: Jupyter-first async data pipelines.
+
+Write stage functions, wire them by parameter name, and stream partitions through
+them on the running event loop (in a notebook: the kernel's), memoized as
+Parquet, with live monitoring::
+
+    import asyncpipe as ap
+
+    @ap.source
+    async def fetch(url): ...
+
+    @ap.stage
+    def clean(fetch): ...
+
+    pipe = ap.Pipeline([fetch, clean])
+    result = await pipe.run(urls)          # or pipe.start(urls) / pipe.run_sync(urls)
+
+Attributes load lazily, so ``import asyncpipe`` stays light (worker processes
+import it) and pulls in no IPython, ipywidgets, matplotlib, dask or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "ALL": "._partition",
+    "AsyncpipeError": "._exceptions",
+    "AsyncpipeWarning": "._exceptions",
+    "CacheError": "._exceptions",
+    "CacheWarning": "._exceptions",
+    "Clock": "._clock",
+    "DEFAULT": "._stage",
+    "DefinitionError": "._exceptions",
+    "EventBus": "._events",
+    "Failure": "._deadletter",
+    "FakeClock": "._clock",
+    "Overloaded": "._exceptions",
+    "PartitionKey": "._partition",
+    "PickleWarning": "._exceptions",
+    "Pipeline": "._pipeline",
+    "Plan": "._plan",
+    "RateLimited": "._exceptions",
+    "RetryPolicy": "._retry",
+    "RunCancelled": "._exceptions",
+    "RunFailed": "._exceptions",
+    "RunHandle": "._runner",
+    "RunResult": "._result",
+    "SerializationError": "._exceptions",
+    "Stage": "._stage",
+    "StageError": "._exceptions",
+    "StoreError": "._exceptions",
+    "SystemClock": "._clock",
+    "TransientError": "._exceptions",
+    "read_failures": "._deadletter",
+    "reduce": "._stage",
+    "sink": "._stage",
+    "source": "._stage",
+    "stage": "._stage",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from ._clock import Clock, FakeClock, SystemClock
+    from ._deadletter import Failure, read_failures
+    from ._events import EventBus
+    from ._exceptions import (
+        AsyncpipeError,
+        AsyncpipeWarning,
+        CacheError,
+        CacheWarning,
+        DefinitionError,
+        Overloaded,
+        PickleWarning,
+        RateLimited,
+        RunCancelled,
+        RunFailed,
+        SerializationError,
+        StageError,
+        StoreError,
+        TransientError,
+    )
+    from ._partition import ALL, PartitionKey
+    from ._pipeline import Pipeline
+    from ._plan import Plan
+    from ._result import RunResult
+    from ._retry import RetryPolicy
+    from ._runner import RunHandle
+    from ._stage import DEFAULT, Stage, reduce, sink, source, stage

@@ -1,0 +1,359 @@
+"""The scheduler: one :class:`Run` streams partitions through the plan's stages.
+
+Shape: a feeder task turns input items into :class:`PartitionKey` s and puts them
+on each source's bounded queue; every stage has a pool of worker tasks reading its
+queue and writing to its downstream queues (bounded too, so a slow stage pushes
+back all the way to the feeder: memory stays O(concurrency x partition size)).
+Reduces collect; joins match partitions by key. When a stage's upstreams are all
+done it drains, its workers stop, and it tells its downstream stages.
+
+The engine imports no front end. It publishes events on an :class:`EventBus`;
+counters are plain ints, flushed as coalesced :class:`StageProgress` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._clock import Clock, SystemClock
+from ._deadletter import DeadLetter, Failure
+from ._events import Event, EventBus, RunFinished, RunStarted, StageProgress
+from ._exceptions import Overloaded, RunFailed
+from ._joins import JoinRun, ReduceRun
+from ._partition import PartitionKey, item_fingerprint
+from ._stagerun import StageRun
+from .executors import Executor, create_executor
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+__all__ = ["Run"]
+
+_log = logging.getLogger("asyncpipe")
+
+#: StageProgress flush period: front ends refresh at <= 10 Hz, so faster is wasted work.
+FLUSH_INTERVAL = 0.1
+#: On cancel, how long to wait for tasks to unwind before giving up on them.
+CANCEL_GRACE = 1.0
+_SIMPLE = (str, bytes, int, float, bool, type(None))
+
+
+class Run:
+    """State of one pipeline run. Created and driven by :mod:`asyncpipe._runner`."""
+
+    def __init__(
+        self,
+        pipe: Pipeline,
+        inputs: Iterable[Any] | AsyncIterable[Any] | None,
+        *,
+        run_id: str,
+        params: dict[str, Any],
+        cache: Any,
+        fail_fast: bool,
+        keep: Any,
+        bus: EventBus,
+        clock: Clock | None = None,
+        executors: dict[str, Executor] | None = None,
+        classify: Callable[[BaseException], str] | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.plan = pipe.plan
+        self.run_id = run_id
+        self.inputs = inputs
+        self.params = params
+        self.cache = cache
+        self.fail_fast = fail_fast
+        self.bus = bus
+        self.clock = clock or SystemClock()
+        self.detail = bus.wants_partition_events
+        self.paused = False
+        self.resume_event = asyncio.Event()
+        self.resume_event.set()
+        self.tracking = False
+        self.failures: list[Failure] = []
+        self.items: list[Any] = []
+        self.status = "pending"
+        self.error: BaseException | None = None
+        self.started_at = self.finished_at = 0.0
+        self.run_dir = Path(pipe.workdir) / "runs" / run_id
+        self._deadletter: DeadLetter | None = None
+        self._classify = classify or _default_classify
+        self._user_executors = dict(executors or {})
+        self._executors: dict[str, Executor] = {}
+        self._done: asyncio.Future[None] | None = None
+        self._open = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.stages: dict[str, StageRun] = {}
+        self._keep = keep
+
+    # -- construction ------------------------------------------------------------------
+    def _executor(self, spec: Any) -> Executor:
+        if isinstance(spec, Executor):
+            return spec
+        if spec in self._user_executors:
+            return self._user_executors[spec]
+        if spec not in self._executors:
+            self._executors[spec] = create_executor(spec)
+        return self._executors[spec]
+
+    def _limiter(self, ps: Any) -> Any:
+        if ps.kind == "reduce":
+            return None
+        adaptive = not isinstance(ps.concurrency, int)
+        if not adaptive and ps.rate is None:
+            return None
+        from ._limiter import Limiter
+
+        return Limiter(ps.name, concurrency=ps.concurrency, rate=ps.rate, clock=self.clock, on_change=self._limit_changed)
+
+    def _limit_changed(self, stage: str, kind: str, old: Any, new: Any, reason: str) -> None:
+        from ._events import LimitChanged
+
+        self.publish(LimitChanged, stage=stage, kind=kind, old=old, new=new, reason=reason)
+        rt = self.stages.get(stage)
+        if rt is not None and kind == "concurrency" and rt.limiter is not None and not rt.closing:
+            extra = int(rt.limiter.max_limit) - rt.live
+            if extra > 0 and rt.kind != "reduce":
+                rt.start_workers(extra)
+
+    def _build(self) -> None:
+        keep = self._keep
+        for ps in self.plan.stages:
+            ex = self._executor(ps.executor)
+            limiter = self._limiter(ps)
+            cls = ReduceRun if ps.kind == "reduce" else (JoinRun if len(ps.upstream) > 1 or ps.broadcast else StageRun)
+            rt = cls(self, ps, ex, limiter)
+            ex.prepare(ps.stage.fn, ps.name, rt.conc)
+            if keep == "all":
+                rt.keep = True
+            elif keep is None:
+                rt.keep = not ps.downstream
+            else:
+                rt.keep = ps.name in keep
+            self.stages[ps.name] = rt
+        for rt in self.stages.values():
+            for i, up in enumerate(rt.slots):
+                slot = i if isinstance(rt, JoinRun | ReduceRun) else None
+                self.stages[up].downstream.append((rt, slot))
+
+    # -- events ------------------------------------------------------------------------
+    def publish(self, cls: type[Event], **fields: Any) -> None:
+        self.bus.publish(cls(run_id=self.run_id, t=self.clock.time(), **fields))
+
+    def publish_detail(self, cls: type[Event], *args: Any) -> None:
+        names = ("stage", "partition", "duration", "attempt", "cache", "cache_reason")
+        if cls.__name__ == "PartitionStarted":
+            names = ("stage", "partition", "attempt")
+        self.bus.publish(cls(run_id=self.run_id, t=self.clock.time(), **dict(zip(names, args, strict=False))))
+
+    def flush_progress(self) -> None:
+        for rt in self.stages.values():
+            if not (rt.d_started or rt.d_finished or rt.d_failed or rt.d_cached or rt.durations or rt.running):
+                continue
+            lim = rt.limiter
+            self.publish(
+                StageProgress,
+                stage=rt.name,
+                started=rt.d_started,
+                finished=rt.d_finished,
+                failed=rt.d_failed,
+                cached=rt.d_cached,
+                running=rt.running,
+                queued=rt.q.qsize(),
+                limit=int(lim.limit) if lim is not None else rt.conc,
+                total=rt.total,
+                durations=tuple(rt.durations),
+            )
+            rt.d_started = rt.d_finished = rt.d_failed = rt.d_cached = 0
+            rt.durations = []
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.flush_progress()
+
+    def classify(self, exc: BaseException) -> str:
+        return self._classify(exc)
+
+    def track(self, pkey: PartitionKey, delta: int) -> None:
+        """Admission accounting (only while a governor is on); see ``_governor``."""
+
+    # -- failures ----------------------------------------------------------------------
+    def failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+        if self._deadletter is None:
+            self._deadletter = DeadLetter(self.run_dir)
+        self._deadletter.record(failure)
+        _log.warning("run %s: %s", self.run_id, failure, extra={"run_id": self.run_id, "stage": failure.stage})
+        if self.fail_fast and self._done is not None and not self._done.done():
+            err = RunFailed(f"Stopped at the first failure (fail_fast=True): {failure}", failures=(failure,))
+            err.__cause__ = failure.error
+            self._done.set_exception(err)
+
+    # -- running -----------------------------------------------------------------------
+    async def stage_closed(self, rt: StageRun) -> None:
+        for ds, _ in rt.downstream:
+            await ds.upstream_done()
+        self._open -= 1
+        if self._open == 0 and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def _feed(self) -> None:
+        sources = [rt for rt in self.stages.values() if rt.kind == "source"]
+        cache_on = any(rt.cache_on for rt in sources)
+        items = self.items
+        n = 0
+
+        async def put(item: Any) -> None:
+            nonlocal n
+            if self.paused:
+                await self.resume_event.wait()
+            pkey = PartitionKey(n, 0, item)
+            items.append(item)
+            key = None
+            if cache_on:
+                simple = isinstance(item, _SIMPLE)
+                key = item_fingerprint(item) if simple else await asyncio.to_thread(item_fingerprint, item)
+            env = (pkey, item, key)
+            for rt in sources:
+                q = rt.q
+                if q.full():
+                    await q.put(env)
+                else:
+                    q.put_nowait(env)
+            n += 1
+
+        try:
+            inputs = self.inputs
+            if inputs is None:
+                pass
+            elif hasattr(inputs, "__aiter__"):
+                async for item in inputs:
+                    await put(item)
+            else:
+                for item in inputs:
+                    await put(item)
+        finally:
+            for rt in sources:
+                rt.total = n
+        for rt in sources:
+            await rt.upstream_done()
+
+    async def _open_cache(self) -> None:
+        cache = self.cache
+        if cache is None:
+            return
+        stages = [rt for rt in self.stages.values() if rt.ps.cache]
+
+        def code_keys() -> list[tuple[str, str]]:
+            out = []
+            for rt in stages:
+                code, _ = cache.code_key(rt.ps.stage)
+                opts = repr((rt.ps.kind, rt.ps.stage.options.concat, sorted(rt.params.items())))
+                out.append((code, opts))
+            return out
+
+        keys = await asyncio.to_thread(code_keys)
+        await cache.open([rt.name for rt in stages])
+        for rt, (code, opts) in zip(stages, keys, strict=True):
+            rt.code_key, rt.opts_key, rt.cache_on = code, opts, True
+
+    async def execute(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.started_at = self.clock.time()
+        self.status = "running"
+        self.publish(RunStarted, pipeline=self.plan.name, stages=self.plan.names,
+                     total_inputs=len(self.inputs) if hasattr(self.inputs, "__len__") else None,  # type: ignore[arg-type]
+                     params=dict(self.params))
+        cancelled = False
+        try:
+            self._build()
+            await self._open_cache()
+            self._done = loop.create_future()
+            self._open = len(self.stages)
+            for rt in self.stages.values():
+                rt.start_workers(rt.conc)
+                self._tasks.extend(rt.workers)
+            self._tasks.append(loop.create_task(self._feed(), name="asyncpipe:feed"))
+            flusher = loop.create_task(self._flusher(), name="asyncpipe:flush")
+            try:
+                await self._watch(self._done)
+            finally:
+                flusher.cancel()
+            self.status = "failed" if self.failures else "succeeded"
+        except asyncio.CancelledError:
+            cancelled = True
+            self.status = "cancelled"
+            raise
+        except BaseException as exc:
+            self.status = "failed"
+            self.error = exc
+            raise
+        finally:
+            await self._shutdown(cancel=self.status == "cancelled" or self.error is not None)
+            self.finished_at = self.clock.time()
+            self.flush_progress()
+            if cancelled:
+                self.status = "cancelled"
+            self.publish(RunFinished, status=self.status, n_failures=len(self.failures),
+                         error=None if self.error is None else f"{type(self.error).__name__}: {self.error}")
+
+    async def _watch(self, done: asyncio.Future[None]) -> None:
+        """Wait for the run to finish; a crashed engine task fails the run at once."""
+        pending = set(self._tasks)
+        while not done.done():
+            finished, _ = await asyncio.wait([done, *pending], return_when=asyncio.FIRST_COMPLETED)
+            for t in finished:
+                if t is done:
+                    continue
+                pending.discard(t)
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            pending = {t for t in self._tasks if not t.done()}
+        done.result()
+
+    async def _shutdown(self, *, cancel: bool) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        closers = [ex.aclose(cancel=cancel) for ex in self._executors.values()]
+        for rt in self.stages.values():
+            aclose = getattr(rt.fn, "aclose", None)
+            if aclose is not None:
+                closers.append(aclose())
+        if self.cache is not None:
+            closers.append(self.cache.flush())
+        results = await asyncio.gather(*closers, return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                _log.warning("run %s: error while closing: %r", self.run_id, res)
+        if self._deadletter is not None:
+            await asyncio.to_thread(self._deadletter.close)
+
+    # -- control -----------------------------------------------------------------------
+    def pause(self) -> None:
+        self.paused = True
+        self.resume_event.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resume_event.set()
+
+    @property
+    def workdir(self) -> str:
+        return os.fspath(self.pipe.workdir)
+
+
+def _default_classify(exc: BaseException) -> str:
+    if isinstance(exc, Overloaded):
+        return "overload"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "error"

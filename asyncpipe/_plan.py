@@ -1,0 +1,109 @@
+"""The immutable plan: every stage with its wiring and resolved options, in run order."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+from ._retry import RetryPolicy
+from ._stage import Stage
+
+__all__ = ["Plan", "PlannedStage"]
+
+#: Default concurrency per executor. Async stages wait on I/O, so many can be in flight;
+#: threads and processes do real work, so about one per core (at least 4 threads,
+#: since sync stages are often blocking I/O as well).
+DEFAULT_CONCURRENCY = {"async": 16, "thread": 4, "auto": 4, "inline": 1}
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a :class:`Plan`, with options resolved against the pipeline's."""
+
+    stage: Stage
+    wiring: tuple[tuple[str, str], ...]  # (parameter, upstream stage), in parameter order
+    item_param: str | None  # sources: the parameter that receives the input item
+    wants_partition: bool
+    params: tuple[str, ...]  # parameters filled from run params
+    downstream: tuple[str, ...]
+    broadcast: frozenset[str]  # upstream stages whose single (reduce) output is given to every partition
+    executor: Any
+    concurrency: Any
+    rate: Any
+    timeout: float | None
+    retry: RetryPolicy
+    cache: bool
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def kind(self) -> str:
+        return self.stage.kind
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(up for _, up in self.wiring))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages in topological order; what ``Pipeline.plan`` shows in a notebook."""
+
+    name: str
+    stages: tuple[PlannedStage, ...]
+
+    def __getitem__(self, name: str) -> PlannedStage:
+        for st in self.stages:
+            if st.name == name:
+                return st
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(st.name for st in self.stages)
+
+    def _executor_name(self, st: PlannedStage) -> str:
+        ex = st.executor
+        return ex if isinstance(ex, str) else getattr(ex, "name", type(ex).__name__)
+
+    def __str__(self) -> str:
+        lines = [f"Plan {self.name!r}: {len(self.stages)} stages"]
+        for st in self.stages:
+            ins = ", ".join(f"{p}<-{u}" for p, u in st.wiring) or (f"{st.item_param}<-inputs" if st.item_param else "")
+            lines.append(
+                f"  {st.kind:<6} {st.name:<20} ({ins}) executor={self._executor_name(st)} "
+                f"concurrency={st.concurrency} retries={st.retry.attempts - 1} cache={'on' if st.cache else 'off'}"
+                + (f" -> {', '.join(st.downstream)}" if st.downstream else "")
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for st in self.stages:
+            ins = ", ".join(f"{p} ← {u}" for p, u in st.wiring) or ("inputs" if st.item_param else "")
+            cells = [
+                st.kind,
+                f"<b>{html.escape(st.name)}</b>",
+                html.escape(ins),
+                html.escape(", ".join(st.downstream)),
+                html.escape(self._executor_name(st)),
+                html.escape(str(st.concurrency)),
+                html.escape(str(st.rate or "")),
+                str(st.retry.attempts - 1),
+                "on" if st.cache else "off",
+            ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("kind", "stage", "inputs", "feeds", "executor", "concurrency", "rate", "retries", "cache")
+        )
+        return (
+            f"<div><b>Plan {html.escape(self.name)}</b><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )

@@ -1,0 +1,365 @@
+"""Entry points: ``await run()``, ``start()`` -> :class:`RunHandle`, and ``run_sync()``.
+
+Blocking and non-blocking have different names, and nothing here switches on
+"is a loop running": ``start`` always needs one, ``run_sync`` always runs a
+private loop on a worker thread (so it works in scripts and in sync notebook
+cells alike, without patching the kernel's loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._engine import Run
+from ._events import Event, EventBus
+from ._exceptions import AsyncpipeError, RunCancelled
+from ._partition import PartitionKey
+from ._result import RunResult, StageSummary
+from ._stage import DEFAULT
+from ._stagerun import Lazy
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+__all__ = ["RunHandle", "run_pipeline", "run_pipeline_sync", "start_pipeline"]
+
+_CACHES: dict[str, Any] = {}
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def open_cache(pipe: Pipeline, cache: Any) -> Any:
+    """The :class:`~asyncpipe.cache.Cache` for a run, shared per location within a process
+    (so its in-memory tier answers warm re-runs in the same kernel)."""
+    setting = pipe.cache if cache is DEFAULT else cache
+    if setting is False or setting is None:
+        return None
+    from .cache import Cache
+
+    if isinstance(setting, Cache):
+        return setting
+    location = os.path.join(pipe.workdir, "cache") if setting is True else os.fspath(setting)
+    key = os.path.abspath(location) if "://" not in location else location
+    if key not in _CACHES:
+        _CACHES[key] = Cache(location)
+    return _CACHES[key]
+
+
+def _discover_inputs(pipe: Pipeline) -> list[Any] | None:
+    for ps in pipe.plan.stages:
+        finder = getattr(ps.stage.fn, "asyncpipe_inputs", None)
+        if ps.kind == "source" and finder is not None:
+            return list(finder())
+    return None
+
+
+class _Session:
+    """Everything a run needs besides the engine: bus, metrics, monitors, record."""
+
+    def __init__(self, pipe: Pipeline, inputs: Any, options: dict[str, Any]) -> None:
+        unknown = set(options) - _RUN_OPTIONS
+        if unknown:
+            raise TypeError(f"run() got unknown option(s) {', '.join(sorted(unknown))}; "
+                            f"options are {', '.join(sorted(_RUN_OPTIONS))}.")
+        self.pipe = pipe
+        self.inputs = inputs
+        self.options = options
+        self.bus = EventBus()
+        self.metrics: Any = None
+        self.run: Run | None = None
+        on_event: Callable[[Event], None] | None = options.get("on_event")
+        if on_event is not None:
+            self.bus.subscribe(on_event, partition_events=bool(options.get("partition_events")))
+        if options.get("monitor", True):
+            try:
+                from ._metrics import Metrics
+            except ImportError:
+                Metrics = None  # noqa: N806
+            if Metrics is not None:
+                self.metrics = Metrics()
+                self.bus.subscribe(self.metrics)
+        params = {**pipe.params, **(options.get("params") or {})}
+        fail_fast = options.get("fail_fast")
+        self.run = Run(
+            pipe,
+            None,
+            run_id=new_run_id(),
+            params=params,
+            cache=None,
+            fail_fast=pipe.fail_fast if fail_fast is None else fail_fast,
+            keep=options.get("keep", pipe.keep),
+            bus=self.bus,
+            clock=options.get("clock"),
+            executors=options.get("executors"),
+        )
+
+    async def execute(self) -> RunResult:
+        run = self.run
+        assert run is not None
+        inputs = self.inputs
+        if inputs is None:
+            inputs = await asyncio.to_thread(_discover_inputs, self.pipe)
+            if inputs is None:
+                raise AsyncpipeError(
+                    f"Pipeline {self.pipe.name!r} got no inputs. Pass the items its sources read, "
+                    "e.g. pipe.run(['a.csv', 'b.csv']), or use a source that lists its own inputs."
+                )
+        run.inputs = inputs
+        run.cache = await asyncio.to_thread(open_cache, self.pipe, self.options.get("cache", DEFAULT))
+        monitors = await self._start_monitors()
+        try:
+            await run.execute()
+        finally:
+            for t in monitors:
+                t.cancel()
+        return await self.result()
+
+    async def _start_monitors(self) -> list[asyncio.Task[Any]]:
+        if not self.options.get("monitor", True):
+            return []
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            from ._sampler import LoopLagProbe, ResourceSampler
+        except ImportError:
+            return tasks
+        run = self.run
+        assert run is not None
+        self.probe = LoopLagProbe(self.bus.publish, run.run_id)
+        self.sampler = ResourceSampler(self.bus.publish, run.run_id)
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(self.probe.run(), name="asyncpipe:lag"))
+        tasks.append(loop.create_task(self.sampler.run(), name="asyncpipe:resources"))
+        return tasks
+
+    async def result(self) -> RunResult:
+        run = self.run
+        assert run is not None
+        outputs: dict[str, dict[PartitionKey, Any]] = {}
+        for rt in run.stages.values():
+            if rt.keep:
+                outputs[rt.name] = {k: (await v.get() if type(v) is Lazy else v) for k, v in rt.outputs.items()}
+        summaries = tuple(
+            StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records))
+            for rt in run.stages.values()
+        )
+        series = self.metrics.series() if self.metrics is not None and hasattr(self.metrics, "series") else None
+        probe = getattr(self, "probe", None)
+        result = RunResult(
+            run_id=run.run_id,
+            pipeline=run.plan.name,
+            status=run.status,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            inputs=list(run.items),
+            outputs=outputs,
+            stages=summaries,
+            failure_list=tuple(run.failures),
+            records={rt.name: rt.records for rt in run.stages.values()},
+            metrics=series,
+            worst_loop_lag=getattr(probe, "worst", None),
+            run_dir=str(run.run_dir),
+        )
+        await asyncio.to_thread(_save_record, result, run)
+        return result
+
+
+_RUN_OPTIONS = frozenset(
+    {"params", "cache", "fail_fast", "keep", "on_event", "partition_events", "monitor", "clock", "executors",
+     "progress"}
+)
+
+
+def _save_record(result: RunResult, run: Run) -> None:
+    from ._history import save_run
+
+    stages = {s.name: {"kind": s.kind, "done": s.done, "cached": s.cached, "failed": s.failed,
+                       "skipped": s.skipped, "seconds": round(s.seconds, 6)} for s in result.stages}
+    save_run(
+        run.workdir,
+        run_id=result.run_id,
+        pipeline=result.pipeline,
+        params={k: repr(v) for k, v in run.params.items()},
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        status=result.status,
+        stages=stages,
+        n_failures=len(result.failure_list),
+        worst_loop_lag=result.worst_loop_lag,
+        error=None if run.error is None else f"{type(run.error).__name__}: {run.error}",
+        series=result.metrics,
+    )
+
+
+async def run_pipeline(pipe: Pipeline, inputs: Iterable[Any] | None, **options: Any) -> RunResult:
+    session = _Session(pipe, inputs, options)
+    if options.get("progress"):
+        return await _with_progress(session)
+    return await session.execute()
+
+
+async def _with_progress(session: _Session) -> RunResult:
+    from ._progress import TerminalProgress
+
+    progress = TerminalProgress(session.metrics)
+    task = asyncio.get_running_loop().create_task(progress.run())
+    try:
+        return await session.execute()
+    finally:
+        task.cancel()
+        progress.close()
+
+
+class RunHandle:
+    """A run going on in the background: awaitable, cancellable, observable.
+
+    ``await handle`` returns the :class:`RunResult` (raises :class:`RunCancelled`
+    if it was cancelled). ``handle.progress`` is a live metrics snapshot.
+    """
+
+    def __init__(self, session: _Session, task: asyncio.Task[RunResult]) -> None:
+        self._session = session
+        self.task = task
+        self.bus = session.bus
+        self.metrics = session.metrics
+        self.pipeline = session.pipe
+
+    @property
+    def run_id(self) -> str:
+        assert self._session.run is not None
+        return self._session.run.run_id
+
+    @property
+    def status(self) -> str:
+        if self.task.cancelled():
+            return "cancelled"
+        run = self._session.run
+        if run is not None and run.paused and not self.task.done():
+            return "paused"
+        return run.status if run is not None else "pending"
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def cancel(self) -> bool:
+        """Cancel the run: every stage stops within about a second."""
+        return self.task.cancel()
+
+    def pause(self) -> None:
+        """Stop taking new partitions (those in flight finish)."""
+        assert self._session.run is not None
+        self._session.run.pause()
+
+    def resume(self) -> None:
+        assert self._session.run is not None
+        self._session.run.resume()
+
+    @property
+    def progress(self) -> Any:
+        """The latest metrics snapshot (None with ``monitor=False``)."""
+        return None if self.metrics is None else self.metrics.snapshot()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Live per-stage counters straight from the engine."""
+        run = self._session.run
+        assert run is not None
+        return {
+            name: {"done": rt.done, "cached": rt.cached, "failed": rt.failed, "running": rt.running}
+            for name, rt in run.stages.items()
+        }
+
+    def result(self) -> RunResult:
+        """The result once done (raises if the run failed, was cancelled, or is still going)."""
+        if not self.task.done():
+            raise AsyncpipeError(f"Run {self.run_id} is still {self.status}; await the handle first.")
+        if self.task.cancelled():
+            raise RunCancelled(f"Run {self.run_id} was cancelled.")
+        return self.task.result()
+
+    def __await__(self) -> Any:
+        return self._wait().__await__()
+
+    async def _wait(self) -> RunResult:
+        try:
+            return await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if self.task.cancelled():
+                raise RunCancelled(f"Run {self.run_id} was cancelled.") from None
+            raise
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.pipeline.name!r} {self.run_id}: {self.status}>"
+
+
+def start_pipeline(pipe: Pipeline, inputs: Iterable[Any] | None, **options: Any) -> RunHandle:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise AsyncpipeError(
+            "start() needs a running event loop (a notebook cell, or inside async code). "
+            "In a plain script use pipe.run_sync(inputs), or asyncio.run(pipe.run(inputs))."
+        ) from None
+    session = _Session(pipe, inputs, options)
+    task = loop.create_task(run_pipeline_session(session), name=f"asyncpipe:{pipe.name}")
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return RunHandle(session, task)
+
+
+async def run_pipeline_session(session: _Session) -> RunResult:
+    if session.options.get("progress"):
+        return await _with_progress(session)
+    return await session.execute()
+
+
+#: Strong references to background runs, so the loop never garbage-collects one mid-run.
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def run_pipeline_sync(pipe: Pipeline, inputs: Iterable[Any] | None, **options: Any) -> RunResult:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def target() -> None:
+        loop = asyncio.new_event_loop()
+        box["loop"] = loop
+        try:
+            task = loop.create_task(run_pipeline(pipe, inputs, **options))
+            box["task"] = task
+            ready.set()
+            box["result"] = loop.run_until_complete(task)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            ready.set()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    thread = threading.Thread(target=target, name=f"asyncpipe-run:{pipe.name}", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        ready.wait()
+        loop, task = box.get("loop"), box.get("task")
+        if loop is not None and task is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
+        raise
+    if "error" in box:
+        err = box["error"]
+        if isinstance(err, asyncio.CancelledError):
+            raise RunCancelled(f"Run of {pipe.name!r} was cancelled.") from None
+        raise err
+    return box["result"]

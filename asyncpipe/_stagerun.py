@@ -1,0 +1,398 @@
+"""One stage at run time: its queue, workers, cache checks, retries and counters.
+
+Hot path notes (the whole per-item budget is ~10 µs for three stages):
+``Queue.get_nowait`` before ``await get()``, no per-item events unless a subscriber
+asked for them, counters are plain ints flushed by the run at <= 10 Hz, and cheap
+sync functions run inline on the loop (yielding every ``YIELD_EVERY`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from typing import TYPE_CHECKING, Any
+
+from ._deadletter import Failure
+from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
+from ._exceptions import CacheError, SerializationError, StageError
+from ._partition import ALL, PartitionKey
+
+if TYPE_CHECKING:
+    from ._engine import Run
+    from ._plan import PlannedStage
+    from .executors import Executor
+
+STOP: Any = object()
+FAILED: Any = object()  # value of a partition that failed upstream
+
+#: An inline worker gives the loop a turn after this long, so a stream of cheap items
+#: never holds the loop for more than ~2 ms (the loop-stall budget is 20 ms worst).
+YIELD_EVERY = 0.002
+#: "auto" sync stages: probe this many calls in a thread; if every one took less than
+#: INLINE_MAX seconds, run the rest inline (a thread hop costs ~150 µs, 10-50x a cheap call).
+AUTO_PROBES = 8
+INLINE_MAX = 0.0002
+#: An inline call slower than this sends the stage back to threads for good.
+INLINE_BAIL = 0.005
+
+
+class Lazy:
+    """A cached output not loaded yet; loads on demand, recomputes if the entry is bad."""
+
+    __slots__ = ("inputs", "key", "pkey", "rt")
+
+    def __init__(self, rt: StageRun, pkey: PartitionKey, key: str, inputs: tuple[Any, ...]) -> None:
+        self.rt, self.pkey, self.key, self.inputs = rt, pkey, key, inputs
+
+    async def get(self) -> Any:
+        try:
+            return await self.rt.run.cache.load(self.rt.name, self.key)
+        except CacheError:
+            return await self.rt.recompute(self.pkey, self.inputs, self.key)
+
+
+def _timed(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], now: Any) -> tuple[Any, float]:
+    t0 = now()
+    out = fn(*args, **kwargs)
+    return out, now() - t0
+
+
+class StageRun:
+    def __init__(self, run: Run, ps: PlannedStage, executor: Executor, limiter: Any) -> None:
+        self.run = run
+        self.ps = ps
+        self.name = ps.name
+        self.kind = ps.kind
+        self.fn = ps.stage.fn
+        self.executor = executor
+        self.limiter = limiter
+        self.timeout = ps.timeout
+        self.retry = ps.retry
+        self.cache_on = False  # set by the run once the cache is open
+        self.code_key = ""
+        self.opts_key = ""
+        self.slots = ps.upstream  # one slot per upstream stage
+        self.params = {p: run.params[p] for p in ps.params}
+        self.is_async_gen = inspect.isasyncgenfunction(inspect.unwrap(self.fn))
+        self.is_sync_gen = inspect.isgeneratorfunction(inspect.unwrap(self.fn))
+        self.mode = ps.executor if isinstance(ps.executor, str) else executor.name  # "auto" may go inline
+        self.inline = executor.inline
+        self.probes: list[float] = []
+        self.conc = int(getattr(limiter, "max_limit", ps.concurrency) if limiter else ps.concurrency)
+        self.q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, 2 * self.conc))
+        self.downstream: list[tuple[StageRun, int | None]] = []
+        self.open_upstreams = len(self.slots) or 1
+        self.workers: list[asyncio.Task[None]] = []
+        self.live = 0
+        self.closing = False
+        self.keep = False
+        self.outputs: dict[PartitionKey, Any] = {}
+        self.records: list[tuple[Any, ...]] = []
+        # counters: deltas since the last flush, and totals
+        self.d_started = self.d_finished = self.d_failed = self.d_cached = 0
+        self.durations: list[float] = []
+        self.running = 0
+        self.done = self.failed = self.cached = self.skipped = 0
+        self.total: int | None = None
+        self.rng = random.Random()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def start_workers(self, n: int) -> None:
+        for _ in range(n):
+            self.live += 1
+            self.workers.append(asyncio.get_running_loop().create_task(self.worker(), name=f"asyncpipe:{self.name}"))
+
+    async def upstream_done(self) -> None:
+        self.open_upstreams -= 1
+        if self.open_upstreams == 0:
+            self.closing = True
+            for _ in range(self.live):
+                await self.q.put(STOP)
+
+    async def deliver(self, pkey: PartitionKey, value: Any, key: str | None) -> None:
+        run = self.run
+        if self.keep and value is not FAILED:
+            self.outputs[pkey] = value
+        for ds, slot in self.downstream:
+            if run.tracking:
+                run.track(pkey, 1)
+            env = (pkey, value, key) if slot is None else (slot, pkey, value, key)
+            q = ds.q
+            if q.full():
+                await q.put(env)
+            else:
+                q.put_nowait(env)
+
+    def fast_path(self) -> bool:
+        """True when a partition needs nothing but the call: no cache, limiter, events or extras."""
+        ps = self.ps
+        return (
+            not self.cache_on
+            and self.limiter is None
+            and not self.run.detail
+            and not (self.is_async_gen or self.is_sync_gen)
+            and self.kind in ("source", "map", "sink")
+            and (len(ps.wiring) == 1 or self.kind == "source")
+            and not ps.wants_partition
+            and not self.params
+            and self.timeout is None
+        )
+
+    async def worker(self) -> None:
+        q, run = self.q, self.run
+        now = run.clock.now
+        fast = self.fast_path()
+        fn = self.fn
+        direct_async = self.mode == "async"
+        records = self.records
+        # one plain downstream queue and nothing kept: deliver without a coroutine call
+        solo = self.downstream[0][0].q if len(self.downstream) == 1 and self.downstream[0][1] is None else None
+        if self.keep:
+            solo = None
+        last_yield = now()
+        try:
+            while True:
+                if run.paused:
+                    await run.resume_event.wait()
+                try:
+                    env = q.get_nowait()
+                except asyncio.QueueEmpty:
+                    env = await q.get()
+                    last_yield = now()
+                if env is STOP:
+                    break
+                pkey, value, key = env
+                if value is FAILED:
+                    self.skipped += 1
+                    await self.deliver(pkey, FAILED, None)
+                elif fast and (self.inline or direct_async) and type(value) is not Lazy:
+                    # The hot path, inlined: ~1 us of bookkeeping around the call.
+                    self.d_started += 1
+                    self.running += 1
+                    t0 = now()
+                    try:
+                        out = fn(value) if self.inline else await fn(value)
+                    except Exception as exc:
+                        self.running -= 1
+                        self.d_started -= 1
+                        out = await self.compute(pkey, (value,), "cache disabled", first=(exc, now() - t0))
+                    else:
+                        dt = now() - t0
+                        self.running -= 1
+                        self.d_finished += 1
+                        self.done += 1
+                        self.durations.append(dt)
+                        records.append((pkey, "ok", dt, 1, "cache disabled"))
+                        if self.inline and dt > INLINE_BAIL and self.mode == "inline-auto":
+                            self.inline, self.mode = False, "thread"
+                    if solo is not None and out is not FAILED and not run.tracking:
+                        if solo.full():
+                            await solo.put((pkey, out, None))
+                        else:
+                            solo.put_nowait((pkey, out, None))
+                    else:
+                        await self.deliver(pkey, out, None)
+                else:
+                    await self.handle(pkey, (value,), (key,))
+                if run.tracking:
+                    run.track(pkey, -1)
+                if now() - last_yield > YIELD_EVERY:
+                    await asyncio.sleep(0)
+                    last_yield = now()
+        finally:
+            self.live -= 1
+        if self.live == 0:
+            await self.run.stage_closed(self)
+
+    # -- one partition ----------------------------------------------------------------
+    def cache_key(self, pkey: PartitionKey, keys: tuple[Any, ...]) -> tuple[bool, str, str, Any]:
+        from .cache import KeyParts
+
+        parts = KeyParts(self.name, self.code_key, self.opts_key, keys)
+        look = self.run.cache.lookup(parts, pkey.id)
+        return look.hit, look.key, look.reason, parts
+
+    async def handle(self, pkey: PartitionKey, values: tuple[Any, ...], keys: tuple[Any, ...]) -> None:
+        key = parts = None
+        reason = "cache disabled"
+        if self.cache_on and not (self.is_async_gen or self.is_sync_gen):
+            hit, key, reason, parts = self.cache_key(pkey, keys)
+            if hit:
+                self.cached += 1
+                self.d_cached += 1
+                self.d_finished += 1
+                self.done += 1
+                self.records.append((pkey, "cached", 0.0, 0, ""))
+                if self.run.detail:
+                    self.run.publish_detail(PartitionFinished, self.name, pkey, 0.0, 0, "hit", "")
+                await self.deliver(pkey, Lazy(self, pkey, key, values), key)
+                return
+        values = await self.resolve(values)
+        out = await self.compute(pkey, values, reason)
+        if out is FAILED:
+            await self.deliver(pkey, FAILED, None)
+            return
+        if self.is_async_gen or self.is_sync_gen:
+            for sub, (spkey, part) in enumerate(out):
+                skey = None
+                if self.run.cache is not None and keys[0] is not None:
+                    skey = f"{keys[0]}/{sub}"
+                await self.deliver(spkey, part, skey)
+            return
+        if key is not None:
+            self.run.cache.store(self.name, key, out, parts, pkey.id)
+        await self.deliver(pkey, out, key)
+
+    async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        if any(type(v) is Lazy for v in values):
+            return tuple([await v.get() if type(v) is Lazy else v for v in values])
+        return values
+
+    async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
+        """A cache entry turned out unusable when loaded: compute it again."""
+        values = await self.resolve(inputs)
+        out = await self.compute(pkey, values, "entry corrupt")
+        if out is FAILED:
+            raise StageError(f"Stage {self.name!r} failed recomputing {pkey.label}", stage=self.name, partition=pkey)
+        self.run.cache.store(self.name, key, out, None, pkey.id)
+        return out
+
+    def build_call(self, pkey: PartitionKey, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        ps = self.ps
+        if self.kind == "source":
+            kwargs = dict(self.params)
+            if ps.wants_partition:
+                kwargs["partition"] = pkey
+            return (pkey.item,), kwargs
+        if len(ps.wiring) == 1 and not ps.wants_partition and not self.params:
+            return values, {}
+        by_slot = dict(zip(self.slots, values, strict=True))
+        kwargs = {param: by_slot[up] for param, up in ps.wiring}
+        kwargs.update(self.params)
+        if ps.wants_partition:
+            kwargs["partition"] = pkey
+        return (), kwargs
+
+    async def compute(
+        self, pkey: PartitionKey, values: tuple[Any, ...], reason: str, first: tuple[BaseException, float] | None = None
+    ) -> Any:
+        """Call the function with retries; FAILED (after dead-lettering) on permanent failure.
+
+        ``first`` is an attempt already made by the worker's fast path that raised.
+        """
+        run = self.run
+        args, kwargs = self.build_call(pkey, values)
+        attempt = 0
+        first_failed = 0.0
+        lim = self.limiter
+        clock = run.clock
+        self.d_started += 1
+        self.running += 1
+        try:
+            while True:
+                attempt += 1
+                if run.detail:
+                    run.publish_detail(PartitionStarted, self.name, pkey, attempt)
+                if lim is not None and not lim.try_acquire():
+                    await lim.acquire()
+                t0 = clock.now()
+                try:
+                    if first is not None:
+                        exc, first = first[0], None
+                        raise exc
+                    out, dt = await self.call(args, kwargs, t0)
+                except asyncio.CancelledError:
+                    if lim is not None:
+                        lim.release("cancelled", clock.now() - t0)
+                    raise
+                except Exception as exc:
+                    dt = clock.now() - t0
+                    if lim is not None:
+                        lim.release(run.classify(exc), dt)
+                    first_failed = first_failed or clock.time()
+                    if attempt < self.retry.attempts and self.retry.retryable(exc):
+                        delay = self.retry.delay(attempt, exc, self.rng)
+                        run.publish(RetryScheduled, stage=self.name, partition=pkey, attempt=attempt,
+                                    delay=delay, error=f"{type(exc).__name__}: {exc}")
+                        await clock.sleep(delay)
+                        continue
+                    self.fail(pkey, exc, attempt, first_failed)
+                    return FAILED
+                if lim is not None:
+                    lim.release("ok", dt)
+                break
+        finally:
+            self.running -= 1
+        if self.is_async_gen or self.is_sync_gen:
+            out = [(PartitionKey(pkey.index, sub, pkey.item), part) for sub, part in enumerate(out)]
+        self.d_finished += 1
+        self.done += 1
+        self.durations.append(dt)
+        self.records.append((pkey, "ok", dt, attempt, reason))
+        if run.detail:
+            run.publish_detail(PartitionFinished, self.name, pkey, dt, attempt,
+                               "miss" if self.cache_on else "off", reason)
+        return out
+
+    async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], t0: float) -> tuple[Any, float]:
+        now = self.run.clock.now
+        if self.inline:
+            out = self.fn(*args, **kwargs)
+            dt = now() - t0
+            if dt > INLINE_BAIL and self.mode == "inline-auto":
+                self.inline, self.mode = False, "thread"  # too slow for the loop: back to threads
+            return out, dt
+        if self.is_async_gen:
+            return [part async for part in self.fn(*args, **kwargs)], now() - t0
+        fn = self.fn
+        if self.is_sync_gen:
+            fn = _ListOf(self.fn)
+        if self.mode == "auto" and len(self.probes) < AUTO_PROBES:
+            aw = self.executor.submit(_timed, (fn, args, kwargs, now), {})
+            out, inner = await self._bounded(aw)
+            self.probes.append(inner)
+            if len(self.probes) == AUTO_PROBES and max(self.probes) < INLINE_MAX and self.timeout is None:
+                self.inline, self.mode = True, "inline-auto"
+            return out, now() - t0
+        try:
+            out = await self._bounded(self.executor.submit(fn, args, kwargs))
+        except (TypeError, AttributeError) as exc:
+            if self.executor.name == "process" and "pickle" in str(exc).lower():
+                raise SerializationError(
+                    f"Stage {self.name!r} could not send its arguments to a process worker: {exc}. "
+                    "Make the inputs picklable or use executor='thread'.",
+                    stage=self.name,
+                ) from exc
+            raise
+        return out, now() - t0
+
+    async def _bounded(self, aw: Any) -> Any:
+        if self.timeout is None:
+            return await aw
+        async with asyncio.timeout(self.timeout):
+            return await aw
+
+    def fail(self, pkey: PartitionKey, exc: BaseException, attempts: int, first: float) -> None:
+        self.failed += 1
+        self.d_failed += 1
+        self.d_finished += 0
+        self.records.append((pkey, "failed", 0.0, attempts, f"{type(exc).__name__}: {exc}"))
+        failure = Failure.from_exception(self.name, pkey, exc, attempts, first, self.run.clock.time())
+        self.run.failed(failure)
+        self.run.publish(PartitionFailed, stage=self.name, partition=pkey, attempts=attempts,
+                         error_type=failure.error_type, message=failure.message, traceback=failure.traceback)
+
+
+class _ListOf:
+    """Wraps a sync generator function so a worker thread drains it into a list."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "generator")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return list(self.fn(*args, **kwargs))
+
+
+__all__ = ["ALL", "FAILED", "STOP", "Lazy", "StageRun"]
