@@ -29,7 +29,7 @@ import pandas as pd
 
 from .._stage import Stage, StageOptions
 from ._errors import fail
-from ._files import filesystem, is_unreachable
+from ._files import FsCache, is_unreachable
 from ._formats import to_frame
 from ._secrets import collect_secrets, redact_options, redact_url
 
@@ -59,6 +59,7 @@ class _FileSink:
         self.write_options = dict(write_options or {})
         self.name = name
         self._secrets = collect_secrets(options=self.storage_options, urls=[root])
+        self._fs = FsCache(self.storage_options)
 
     def __call__(self, value: Any, partition: Any) -> dict[str, Any]:
         """Write ``value`` as this partition's file(s); returns ``{"rows": n, "files": [...]}``."""
@@ -75,7 +76,7 @@ class _FileSink:
             )
         target = f"{self.root}/part-{pid}{self.suffix}"
         try:
-            fs, root = filesystem(self.root, self.storage_options)
+            fs, root = self._fs.resolve(self.root)
             written = self._write_all(fs, root, pid, frame)
         except Exception as exc:
             fail(

@@ -44,8 +44,38 @@ class FileChunk(NamedTuple):
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """``(filesystem, path)`` for ``url``; fsspec caches filesystem instances, so this is cheap."""
+    """``(filesystem, path)`` for ``url`` (fsspec caches instances by protocol and options)."""
     return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+
+
+class FsCache:
+    """One filesystem instance per protocol for a store object, shared by its threads.
+
+    fsspec's own instance cache is bypassed by ``skip_instance_cache=True``, and creating
+    an S3 filesystem costs ~0.25 s (session and credential lookup), so stores keep theirs.
+    """
+
+    def __init__(self, storage_options: Mapping[str, Any]) -> None:
+        self.storage_options = dict(storage_options)
+        self._lock = threading.Lock()
+        self._by_protocol: dict[str, Any] = {}
+
+    def resolve(self, url: str) -> tuple[Any, str]:
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        with self._lock:
+            fs = self._by_protocol.get(protocol)
+        if fs is None:
+            fs, path = filesystem(url, self.storage_options)
+            with self._lock:
+                fs = self._by_protocol.setdefault(protocol, fs)
+            return fs, path
+        return fs, fs._strip_protocol(url)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["storage_options"])  # type: ignore[misc]
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -97,6 +127,7 @@ class FileSource:
         self._secrets = collect_secrets(options=self.storage_options, urls=urls)
         self._lock = threading.Lock()
         self._headers: dict[str, bytes] = {}
+        self._fs = FsCache(self.storage_options)
 
     # -- what the engine calls ------------------------------------------------------
     def asyncpipe_inputs(self) -> list[str | FileChunk]:
@@ -105,7 +136,7 @@ class FileSource:
         patterns = [self.urlpath] if isinstance(self.urlpath, str) else list(self.urlpath)
         for pattern in patterns:
             try:
-                fs, path = filesystem(pattern, self.storage_options)
+                fs, path = self._fs.resolve(pattern)
                 found = fs.glob(path, detail=True) if fsspec.core.has_magic(path) else {path: fs.info(path)}
             except Exception as exc:
                 self._fail(f"Could not list {redact_url(pattern)!r}", pattern, exc)
@@ -130,7 +161,7 @@ class FileSource:
         url = chunk.path if chunk else str(item)
         fmt = self._format_of(url)
         try:
-            fs, path = filesystem(url, self.storage_options)
+            fs, path = self._fs.resolve(url)
             if chunk is None:
                 with fs.open(path, "rb", compression="infer") as f:
                     return decode(f, fmt, options=self.read_options)
@@ -143,7 +174,7 @@ class FileSource:
     def asyncpipe_fingerprint(self, item: str | FileChunk) -> str:
         """A token that changes when the object changes (ETag, or size + mtime), for cache keys."""
         url = item.path if isinstance(item, FileChunk) else str(item)
-        fs, path = filesystem(url, self.storage_options)
+        fs, path = self._fs.resolve(url)
         info = fs.info(path)
         token = info.get("ETag") or info.get("etag") or info.get("md5Hash")
         mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
@@ -153,9 +184,13 @@ class FileSource:
     def _format_of(self, url: str) -> str:
         fmt = self.format or infer_format(url)
         if fmt is None:
-            raise ValueError(
-                f"Cannot tell the format of {redact_url(url)!r} from its name; pass "
-                "format='csv' | 'jsonl' | 'json' | 'parquet' to read_files()."
+            fail(
+                f"Cannot tell the format of {redact_url(url)!r} from its name in source {self.name!r}; "
+                "pass format='csv' | 'jsonl' | 'json' | 'parquet' to read_files().",
+                store=STORE,
+                obj=url,
+                cause=None,
+                secrets=self._secrets,
             )
         return fmt
 
