@@ -358,7 +358,7 @@ class Metrics:
         return MetricsSnapshot(
             run_id=self._run_id, status=self._status, started_at=self._started_at,
             elapsed=max(0.0, now - self._t0) if self._status != "pending" else 0.0,
-            eta=self._eta(stages), items_per_s=stages[-1].throughput if stages else 0.0,
+            eta=self._eta(stages), items_per_s=_items_per_s(stages),
             cpu_percent=self._cpu, rss_bytes=self._rss, worst_loop_lag=self._worst_lag, stages=stages,
             n_failures=self._n_failures, recent_failures=tuple(self._failures), pipeline=self._pipeline,
             params=dict(self._params), finished_at=self._finished_at, n_processes=self._nproc,
@@ -416,6 +416,15 @@ class Metrics:
         return df
 
 
+def _items_per_s(stages: tuple[StageSnapshot, ...]) -> float:
+    """Run-wide items/s: the most downstream stage (pipeline order) that has finished anything,
+    skipping single-partition stages (reduces), whose rate says nothing about items."""
+    for s in reversed(stages):
+        if s.done and s.total != 1:
+            return s.throughput
+    return 0.0
+
+
 SERIES_COLUMNS = ("t", "time", "stage", "done", "failed", "cached", "running", "queued", "throughput",
                   "limit", "rate", "p95", "cpu_percent", "rss_bytes", "loop_lag")
 
@@ -438,6 +447,8 @@ def fmt_seconds(s: float | None) -> str:
     """Human duration: ``850µs``, ``12.3ms``, ``4.1s``, ``3m05s``, ``1h02m``; '-' for None."""
     if s is None:
         return "-"
+    if s == 0:
+        return "0s"
     if s < 1e-3:
         return f"{s * 1e6:.0f}µs"
     if s < 1.0:

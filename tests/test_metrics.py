@@ -94,7 +94,11 @@ def test_throughput_of_a_steady_stream_is_exact_from_the_start(m, clock):
     steady(m, clock, 9.0, 80)
     s = m.snapshot()
     assert s.stage("a").throughput == pytest.approx(80.0)
-    assert s.items_per_s == s.stage("b").throughput == 0.0  # run-wide items/s: the last stage
+    assert s.items_per_s == s.stage("a").throughput  # b has not finished anything yet
+    progress(m, clock, "b", finished=4)
+    assert m.snapshot().items_per_s == m.snapshot().stage("b").throughput  # the most downstream stage
+    m(StageProgress(run_id=RUN, t=0, stage="total", finished=1, total=1))  # a reduce says nothing of items
+    assert m.snapshot().items_per_s == m.snapshot().stage("b").throughput
 
 
 def test_throughput_follows_a_step_smoothed(m, clock):
