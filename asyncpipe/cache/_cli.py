@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from typing import Any
 
 from . import _manage
@@ -44,6 +45,10 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * _AGE_UNITS[m.group(2).lower()]
 
 
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
 def register(subparsers: Any) -> None:
     """Add the ``cache`` subcommand to an argparse subparsers object."""
     cache = subparsers.add_parser("cache", help="list, inspect, clear or prune cached stage outputs")
@@ -71,28 +76,26 @@ def main(args: argparse.Namespace) -> int:
     if args.cache_command == "ls":
         df = _manage.list_entries(root, args.stage)
         if df.empty:
-            print(f"no cache entries in {root}")
+            _say(f"no cache entries in {root}")
             return 0
-        print(f"{'stage':<24} {'key':<32} {'format':<8} {'size':>10} {'age':>9}")
+        _say(f"{'stage':<24} {'key':<32} {'format':<8} {'size':>10} {'age':>9}")
         for r in df.itertuples(index=False):
-            print(
-                f"{r.stage:<24} {r.key:<32} {r.format:<8} "
-                f"{_manage.human_size(r.bytes):>10} {_manage.human_age(r.age_s):>9}"
-            )
+            size, age = _manage.human_size(r.bytes), _manage.human_age(r.age_s)
+            _say(f"{r.stage:<24} {r.key:<32} {r.format:<8} {size:>10} {age:>9}")
         return 0
     if args.cache_command == "info":
         inf = _manage.info(root)
-        print(f"cache at {inf['location']}: {inf['entries']} entries, {_manage.human_size(inf['bytes'])}")
+        _say(f"cache at {inf['location']}: {inf['entries']} entries, {_manage.human_size(inf['bytes'])}")
         for stage, s in sorted(inf["stages"].items()):
-            print(f"  {stage:<24} {s['entries']:>6} entries {_manage.human_size(s['bytes']):>10}")
+            _say(f"  {stage:<24} {s['entries']:>6} entries {_manage.human_size(s['bytes']):>10}")
         return 0
     if args.cache_command == "clear":
         n = _manage.clear(root, args.stage)
-        print(f"removed {n} entries" + (f" of stage {args.stage!r}" if args.stage else ""))
+        _say(f"removed {n} entries" + (f" of stage {args.stage!r}" if args.stage else ""))
         return 0
     if args.max_age is None and args.max_size is None:
-        print("nothing to do: give --max-age and/or --max-size")
+        _say("nothing to do: give --max-age and/or --max-size")
         return 2
     n = _manage.prune(root, max_age=args.max_age, max_bytes=args.max_size)
-    print(f"pruned {n} entries")
+    _say(f"pruned {n} entries")
     return 0

@@ -101,21 +101,35 @@ def _qualname(obj: Any) -> str:
 
 def _normalize(obj: types.FunctionType | type) -> tuple[bytes, set[str], dict[str, Any]]:
     """(normalized text, global names referred to, the globals to resolve them in)."""
-    globalns: dict[str, Any] | None = getattr(obj, "__globals__", None)
-    if globalns is None:
-        module = sys.modules.get(obj.__module__)
-        globalns = vars(module) if module is not None else {}
+    if isinstance(obj, type):
+        return _normalize_class(obj)
     try:
-        source = textwrap.dedent(inspect.getsource(obj))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        if isinstance(obj, types.FunctionType):
-            return _bytecode_text(obj.__code__), _code_names(obj.__code__), globalns
-        return repr(sorted(vars(obj))).encode(), set(), globalns
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError):
+        return _bytecode_text(obj.__code__), _code_names(obj.__code__), obj.__globals__
     node = tree.body[0] if len(tree.body) == 1 else tree
     _strip(node, top=True)
     names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return ast.dump(node, annotate_fields=False, include_attributes=False).encode(), names, globalns
+    return ast.dump(node, annotate_fields=False, include_attributes=False).encode(), names, obj.__globals__
+
+
+def _normalize_class(cls: type) -> tuple[bytes, set[str], dict[str, Any]]:
+    """A class by its methods (whose source is findable even where the class's is not,
+    e.g. in IPython cells on Python 3.11), its bases and its plain attributes."""
+    h = xxhash.xxh3_128()
+    h.update(repr([b.__qualname__ for b in cls.__bases__]).encode())
+    names: set[str] = set()
+    module = sys.modules.get(cls.__module__)
+    globalns: dict[str, Any] = vars(module) if module is not None else {}
+    for attr, value in sorted(vars(cls).items()):
+        fn = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+        if isinstance(fn, types.FunctionType):
+            text, fn_names, globalns = _normalize(fn)
+            h.update(f"{attr}:".encode() + text)
+            names |= fn_names
+        elif isinstance(value, _CONST_TYPES) and not attr.startswith("__"):
+            h.update(f"{attr}={value!r}".encode())
+    return h.hexdigest().encode(), names, globalns
 
 
 def _strip(node: ast.AST, *, top: bool) -> None:

@@ -35,7 +35,8 @@ def _roundtrip(backend, value, key="0" * 32):
 
 def assert_same_frame(a, b):
     pd.testing.assert_frame_equal(
-        a, b, check_exact=True, check_column_type=True, check_index_type=True, check_freq=True, check_flags=True
+        a, b, check_exact=True, check_column_type=True, check_index_type=True, check_freq=True,
+        check_flags=True,
     )
     assert a.attrs == b.attrs
 
@@ -95,7 +96,8 @@ def test_generated_frames_round_trip_exactly_or_fall_back_to_pickle(backend, df)
         (pd.DataFrame({"a": pd.Series(["x", 1], dtype=object)}), "object"),
         (pd.DataFrame(np.ones((1, 2)), columns=pd.MultiIndex.from_tuples([("a", "b"), ("a", "c")])),
          "column names"),
-        (pd.DataFrame({"t": pd.Series(pd.to_datetime(["2020-01-01"])).astype("datetime64[s]")}), "datetime64[s]"),
+        (pd.DataFrame({"t": pd.Series(pd.to_datetime(["2020-01-01"])).astype("datetime64[s]")}),
+         "datetime64[s]"),
         (pd.DataFrame({"a": [1, 2]}, index=pd.date_range("2020", periods=2, freq="D")), "freq"),
         (pd.DataFrame({"c": pd.Categorical([1, 2])}), "categorical"),
         (pd.DataFrame(index=pd.RangeIndex(3)), "no columns"),
