@@ -37,6 +37,9 @@ _log = logging.getLogger("asyncpipe.monitor")
 
 Publish = Callable[[Event], None]
 _GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+#: Delay of the first resource sample: CPU% over 0.1 s is still meaningful (the
+#: kernel counts CPU time in 10 ms ticks, so +-10%) and a 0.2 s run gets a sample.
+FIRST_SAMPLE = 0.1
 #: Lags kept for percentiles: 10,000 ticks = 50 s at the default 5 ms tick.
 LAG_HISTORY = 10_000
 
@@ -92,10 +95,13 @@ class ResourceSampler:
         return cpu, rss, len(seen)
 
     async def run(self) -> None:
-        """Sample until cancelled: prime, then publish one sample per ``interval``."""
+        """Sample until cancelled: prime, publish a first sample soon, then one per ``interval``."""
         await asyncio.to_thread(self.sample)
+        # The first sample comes after FIRST_SAMPLE s, so that even a short run gets one.
+        wait = min(self.interval, FIRST_SAMPLE)
         while True:
-            await self._clock.sleep(self.interval)
+            await self._clock.sleep(wait)
+            wait = self.interval
             try:
                 cpu, rss, n = await asyncio.to_thread(self.sample)
             except Exception:

@@ -115,8 +115,13 @@ async def test_run_publishes_a_sample_per_interval():
     try:
         await until(lambda: clock.sleepers == 1)  # primed in a thread, now sleeping
         assert events == []  # the priming call publishes nothing
-        for k in (1, 2, 3):
-            clock.advance(0.5)
+        clock.advance(0.1)  # the first sample comes early, so short runs get one
+        await until(lambda: len(events) == 1 and clock.sleepers == 1)
+        for k in (2, 3):
+            clock.advance(0.4999)
+            await asyncio.sleep(0.01)
+            assert len(events) == k - 1
+            clock.advance(0.0001)
             await until(lambda k=k: len(events) == k and clock.sleepers == 1)
         ev = events[-1]
         assert isinstance(ev, ResourceSample) and ev.run_id == "r9" and ev.t == clock.time()
