@@ -62,9 +62,21 @@ def engine_for(url: str, engine_options: Mapping[str, Any] | None = None) -> Any
                 opts.setdefault("connect_args", {}).setdefault("timeout", 30)
             else:
                 opts.setdefault("pool_pre_ping", True)
-            engine = sa.create_engine(url, **opts)
+            engine = sa.create_engine(_with_driver(url), **opts)
             _ENGINES[key] = engine
     return engine
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg2://`` when psycopg 3 (SQLAlchemy 2.1's default
+    PostgreSQL driver) is not installed but psycopg2 is."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
 
 
 def dispose_engines() -> None:

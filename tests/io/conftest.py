@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -127,7 +128,7 @@ def api():
 
     async def data(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        key = request.path
+        key = request.path_qs
         with lock:
             hits[key] += 1
             count = hits[key]
@@ -231,20 +232,29 @@ def _start_temp_postgres(tmp: Path) -> tuple[str, callable]:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory):
+def pg_url():
     url = os.environ.get("ASYNCPIPE_TEST_PG_URL")
     stop = None
     if not url:
+        # Not under pytest's tmp dir: it is private to root, and the server runs as 'postgres'.
+        tmp = Path(tempfile.mkdtemp(prefix="asyncpipe-pg-"))
         try:
-            url, stop = _start_temp_postgres(tmp_path_factory.mktemp("pg"))
+            url, stop = _start_temp_postgres(tmp)
         except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            detail = getattr(exc, "stderr", b"") or b""
+            exc = f"{exc} {detail.decode(errors='replace')[-300:]}".strip()
             pytest.skip(
-                "PostgreSQL tests need a server: set ASYNCPIPE_TEST_PG_URL (eval \"$(.ci/postgres.sh)\") "
+                'PostgreSQL tests need a server: set ASYNCPIPE_TEST_PG_URL (eval "$(.ci/postgres.sh)") '
                 f"or install postgresql so the tests can start one ({exc})"
             )
     yield url
     if stop is not None:
+        from asyncpipe.io._sql import dispose_engines
+
+        dispose_engines()
         stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -252,12 +262,12 @@ def pg_table(pg_url):
     """A fresh table name in the PostgreSQL database, dropped afterwards."""
     import sqlalchemy as sa
 
+    from asyncpipe.io._sql import engine_for
+
     name = f"t_{os.getpid()}_{time.monotonic_ns() % 10**9}"
     yield name
-    engine = sa.create_engine(pg_url)
-    with engine.begin() as conn:
+    with engine_for(pg_url).begin() as conn:
         conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
-    engine.dispose()
 
 
 @pytest.fixture(autouse=True)
