@@ -140,6 +140,8 @@ class Run:
             for i, up in enumerate(rt.slots):
                 slot = i if isinstance(rt, JoinRun | ReduceRun) else None
                 self.stages[up].downstream.append((rt, slot))
+        for rt in self.stages.values():
+            rt.bind_fetchers()
 
     # -- events ------------------------------------------------------------------------
     def publish(self, cls: type[Event], **fields: Any) -> None:

@@ -160,14 +160,12 @@ class ReduceRun(StageRun):
                 self.records.append((ALL, "cached", 0.0, 0, ""))
                 await self.deliver(ALL, Lazy(self, ALL, key, values), key)
                 return
-        resolved = []
-        for part in values:
-            resolved.append([await v.get() if type(v) is Lazy else v for v in part])
+        resolved = [list(await self.resolve(tuple(part))) for part in values]
         if self.ps.stage.options.concat:
             resolved = [await asyncio.to_thread(_concat, part, self.name) for part in resolved]
         out = await self.compute(ALL, tuple(resolved), reason)
         if out is not FAILED and key is not None:
-            self.run.cache.store(self.name, key, out, parts, ALL.id)
+            self.run.cache.store(self.name, key, await self.cacheable(out), parts, ALL.id)
         await self.deliver(ALL, out, key if out is not FAILED else None)
 
     async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:

@@ -239,6 +239,7 @@ def _wiring(st: Stage, names: set[str], params: Mapping[str, Any]) -> tuple[list
     item_param: str | None = None
     wants_partition = False
     run_params: list[str] = []
+    unmatched: list[str] = []
     for i, p in enumerate(sig_params):
         if p.name in st.inputs:
             wiring.append((p.name, st.inputs[p.name]))
@@ -251,12 +252,15 @@ def _wiring(st: Stage, names: set[str], params: Mapping[str, Any]) -> tuple[list
         elif p.name in params:
             run_params.append(p.name)
         elif p.default is inspect.Parameter.empty:
-            raise DefinitionError(
-                f"Parameter {p.name!r} of stage {st.name!r} matches no stage.{_did_you_mean(p.name, names)} "
-                f"Name it after the stage it should receive, wire it with inputs={{{p.name!r}: 'stage'}}, "
-                "give it a default, or pass it in params={...}.",
-                stage=st.name,
-            )
+            unmatched.append(p.name)
+    if unmatched and (wiring or st.kind == "source"):
+        name = unmatched[0]
+        raise DefinitionError(
+            f"Parameter {name!r} of stage {st.name!r} matches no stage.{_did_you_mean(name, names)} "
+            f"Name it after the stage it should receive, wire it with inputs={{{name!r}: 'stage'}}, "
+            "give it a default, or pass it in params={...}.",
+            stage=st.name,
+        )
     if st.kind == "source":
         if item_param is None:
             raise DefinitionError(

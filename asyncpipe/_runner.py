@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._engine import Run
 from ._events import Event, EventBus
-from ._exceptions import AsyncpipeError, RunCancelled
+from ._exceptions import AsyncpipeError, DefinitionError, RunCancelled
 from ._partition import PartitionKey
 from ._result import RunResult, StageSummary
 from ._stage import DEFAULT
@@ -86,7 +86,18 @@ class _Session:
             if Metrics is not None:
                 self.metrics = Metrics()
                 self.bus.subscribe(self.metrics)
-        params = {**pipe.params, **(options.get("params") or {})}
+        overrides = dict(options.get("params") or {})
+        for name in overrides:
+            if name not in pipe.params:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(pipe.params), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise DefinitionError(
+                    f"run() got unknown parameter {name!r}.{hint} Declare run parameters with their "
+                    "defaults in Pipeline(..., params={...})."
+                )
+        params = {**pipe.params, **overrides}
         fail_fast = options.get("fail_fast")
         self.run = Run(
             pipe,
@@ -145,7 +156,12 @@ class _Session:
         outputs: dict[str, dict[PartitionKey, Any]] = {}
         for rt in run.stages.values():
             if rt.keep:
-                outputs[rt.name] = {k: (await v.get() if type(v) is Lazy else v) for k, v in rt.outputs.items()}
+                ex = rt.executor
+                kept = {}
+                for k, v in rt.outputs.items():
+                    v = await v.get() if type(v) is Lazy else v
+                    kept[k] = await ex.fetch(v) if ex.remote and ex.is_ref(v) else v
+                outputs[rt.name] = kept
         summaries = tuple(
             StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records))
             for rt in run.stages.values()

@@ -208,7 +208,7 @@ def _decorator(kind: Kind) -> Any:
     ) -> Any:
         def build(f: Callable[..., Any]) -> Stage:
             base = f.fn if isinstance(f, Stage) else f
-            _check_option_names(options, name or _name_of(base))
+            _check_option_names(options, name or getattr(base, "__name__", repr(base)))
             prior = f.options if isinstance(f, Stage) else StageOptions()
             return Stage(
                 base,

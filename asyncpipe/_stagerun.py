@@ -81,6 +81,7 @@ class StageRun:
         self.probes: list[float] = []
         self.conc = int(getattr(limiter, "max_limit", ps.concurrency) if limiter else ps.concurrency)
         self.q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, 2 * self.conc))
+        self.inbox = self.q  # where upstream stages deliver (joins have a separate one)
         self.downstream: list[tuple[StageRun, int | None]] = []
         self.open_upstreams = len(self.slots) or 1
         self.workers: list[asyncio.Task[None]] = []
@@ -96,6 +97,8 @@ class StageRun:
         self.done = self.failed = self.cached = self.skipped = 0
         self.total: int | None = None
         self.rng = random.Random()
+        self.fetchers: list[Any] = []
+        self.any_fetch = False
 
     # -- plumbing ---------------------------------------------------------------------
     def start_workers(self, n: int) -> None:
@@ -118,7 +121,7 @@ class StageRun:
             if run.tracking:
                 run.track(pkey, 1)
             env = (pkey, value, key) if slot is None else (slot, pkey, value, key)
-            q = ds.q
+            q = ds.inbox
             if q.full():
                 await q.put(env)
             else:
@@ -137,6 +140,7 @@ class StageRun:
             and not ps.wants_partition
             and not self.params
             and self.timeout is None
+            and not self.any_fetch
         )
 
     async def worker(self) -> None:
@@ -147,7 +151,7 @@ class StageRun:
         direct_async = self.mode == "async"
         records = self.records
         # one plain downstream queue and nothing kept: deliver without a coroutine call
-        solo = self.downstream[0][0].q if len(self.downstream) == 1 and self.downstream[0][1] is None else None
+        solo = self.downstream[0][0].inbox if len(self.downstream) == 1 and self.downstream[0][1] is None else None
         if self.keep:
             solo = None
         last_yield = now()
@@ -241,13 +245,36 @@ class StageRun:
                 await self.deliver(spkey, part, skey)
             return
         if key is not None:
-            self.run.cache.store(self.name, key, out, parts, pkey.id)
+            self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
         await self.deliver(pkey, out, key)
+
+    def bind_fetchers(self) -> None:
+        """Per input slot, the remote executor whose references must be fetched before calling.
+
+        A value computed by a remote executor (Dask) stays where it is while it moves
+        between stages of that same executor; any other consumer fetches it here.
+        """
+        ups = [self.run.stages[name] for name in self.slots]
+        self.fetchers = [
+            up.executor if up.executor.remote and up.executor is not self.executor else None for up in ups
+        ]
+        self.any_fetch = any(f is not None for f in self.fetchers)
 
     async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         if any(type(v) is Lazy for v in values):
-            return tuple([await v.get() if type(v) is Lazy else v for v in values])
+            values = tuple([await v.get() if type(v) is Lazy else v for v in values])
+        if self.any_fetch:
+            values = tuple([
+                v if f is None or not f.is_ref(v) else await f.fetch(v)
+                for v, f in zip(values, self.fetchers, strict=False)
+            ])
         return values
+
+    async def cacheable(self, value: Any) -> Any:
+        """The value to write to the cache: a remote result is fetched (the client caches it)."""
+        if self.executor.remote and self.executor.is_ref(value):
+            return await self.executor.fetch(value)
+        return value
 
     async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
         """A cache entry turned out unusable when loaded: compute it again."""
@@ -357,11 +384,13 @@ class StageRun:
             return out, now() - t0
         try:
             out = await self._bounded(self.executor.submit(fn, args, kwargs))
-        except (TypeError, AttributeError) as exc:
-            if self.executor.name == "process" and "pickle" in str(exc).lower():
+        except Exception as exc:
+            if self.executor.name == "process" and "pickl" in str(exc).lower():
+                cause = exc.__cause__ or exc
                 raise SerializationError(
-                    f"Stage {self.name!r} could not send its arguments to a process worker: {exc}. "
-                    "Make the inputs picklable or use executor='thread'.",
+                    f"Stage {self.name!r} could not send a value to or from a process worker: "
+                    f"{type(cause).__name__}: {cause}. Make the stage's inputs and output picklable, "
+                    "or use executor='thread'.",
                     stage=self.name,
                 ) from exc
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import warnings
@@ -25,6 +26,27 @@ LARGE_FUNCTION_BYTES = 1 << 20
 
 #: Idle workers exit after this many seconds; a notebook re-run within it reuses them.
 IDLE_TIMEOUT = 120
+
+
+_pools: list[Any] = []
+
+
+def _register_exit_hook(pool: Any) -> None:
+    """Join the workers when the interpreter exits, so none outlives it."""
+    if not _pools:
+        atexit.register(shutdown_workers)
+    if pool not in _pools:
+        _pools.append(pool)
+
+
+def shutdown_workers(kill: bool = False) -> None:
+    """Stop the shared worker processes now (they restart on the next process stage)."""
+    while _pools:
+        pool = _pools.pop()
+        try:
+            pool.shutdown(wait=True, kill_workers=kill)
+        except Exception:  # pragma: no cover - interpreter teardown
+            _log.debug("shutting down process workers failed", exc_info=True)
 
 
 class ProcessExecutor(Executor):
@@ -61,6 +83,7 @@ class ProcessExecutor(Executor):
 
             n = self._max or min(self._wanted or os.cpu_count() or 2, os.cpu_count() or 2)
             self._pool = get_reusable_executor(max_workers=n, timeout=IDLE_TIMEOUT)
+            _register_exit_hook(self._pool)
         return self._pool
 
     async def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -1,0 +1,11 @@
+"""Shared fixtures: every test runs in its own working directory so caches and run records never leak."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path

@@ -1,0 +1,139 @@
+"""Entry points: start() handles, run_sync(), cancellation, pause/resume."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import asyncpipe as ap
+
+
+def _pipe(fn, **kw):
+    kw.setdefault("cache", False)
+    return ap.Pipeline([ap.source(fn, name="work")], **kw)
+
+
+def test_run_sync_in_a_script():
+    result = _pipe(lambda i: i * 2).run_sync(range(3))
+    assert result.output() == [0, 2, 4]
+
+
+def test_run_sync_inside_a_running_loop_uses_a_private_loop():
+    async def sync_cell():
+        # what a synchronous notebook cell does while the kernel loop runs
+        return _pipe(lambda i: i + 1).run_sync([1, 2])
+
+    assert asyncio.run(sync_cell()).output() == [2, 3]
+
+
+def test_start_without_a_loop_explains_what_to_do():
+    with pytest.raises(ap.AsyncpipeError, match="start\\(\\) needs a running event loop.*run_sync"):
+        _pipe(lambda i: i).start([1])
+
+
+@pytest.mark.asyncio
+async def test_start_returns_at_once_and_the_handle_is_awaitable():
+    gate = asyncio.Event()
+
+    async def work(i):
+        await gate.wait()
+        return i
+
+    handle = _pipe(work).start(range(3))
+    await asyncio.sleep(0.01)
+    assert not handle.done() and handle.status == "running"
+    assert "running" in repr(handle)
+    with pytest.raises(ap.AsyncpipeError, match="still running"):
+        handle.result()
+    gate.set()
+    result = await handle
+    assert result.output() == [0, 1, 2]
+    assert handle.result() is result and handle.status == "succeeded"
+    assert handle.counts()["work"]["done"] == 3
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_every_stage_within_a_second_and_engine_is_reusable():
+    started = asyncio.Event()
+
+    async def work(i):
+        started.set()
+        await asyncio.sleep(3600)
+
+    events = []
+    pipe = _pipe(work)
+    handle = pipe.start(range(100), on_event=events.append)
+    await asyncio.wait_for(started.wait(), 5)
+    t0 = time.perf_counter()
+    handle.cancel()
+    with pytest.raises(ap.RunCancelled):
+        await handle
+    assert time.perf_counter() - t0 < 1.0
+    assert handle.status == "cancelled"
+    assert type(events[-1]).__name__ == "RunFinished" and events[-1].status == "cancelled"
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("asyncpipe:")]
+    assert leftovers == []
+    # the same pipeline runs again afterwards
+    fresh = _pipe(lambda i: i)
+    assert (await fresh.run([1])).output() == [1]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_awaiting_task_cancels_the_run():
+    async def work(i):
+        await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(_pipe(work).run(range(4)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("asyncpipe:")] == []
+
+
+@pytest.mark.asyncio
+async def test_pause_holds_new_partitions_and_resume_continues():
+    calls = []
+
+    async def work(i):
+        calls.append(i)
+        await asyncio.sleep(0)
+        return i
+
+    handle = _pipe(work, concurrency=1).start(range(50))
+    handle.pause()
+    await asyncio.sleep(0.02)
+    n = len(calls)
+    await asyncio.sleep(0.02)
+    assert len(calls) == n < 50 and handle.status == "paused"
+    handle.resume()
+    assert (await handle).output() == list(range(50))
+
+
+def test_keyboard_interrupt_in_run_sync_cancels_the_run():
+    started = threading.Event()
+
+    async def work(i):
+        started.set()
+        await asyncio.sleep(3600)
+
+    def interrupt():
+        started.wait(5)
+        import _thread
+
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        _pipe(work).run_sync(range(3))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_unknown_run_option_is_an_error():
+    with pytest.raises(TypeError, match="unknown option.*kep"):
+        _pipe(lambda i: i).run_sync([1], kep="all")
