@@ -24,6 +24,8 @@ from asyncpipe._logging import (
     configure_logging,
     current_context,
     log_context,
+    set_partition,
+    set_task_context,
 )
 
 
@@ -148,3 +150,31 @@ def test_configure_logging_formats_the_fields():
     first, second = stream.getvalue().splitlines()
     assert first.endswith("DEBUG   asyncpipe_test.cli [r3 load p1] hello")
     assert second.endswith("INFO    asyncpipe_test.cli [- - -] bye")
+
+
+def test_task_context_for_engine_workers(collect):
+    """A worker task tags itself once; per item only the partition changes (label computed lazily)."""
+    log = logging.getLogger("asyncpipe_test")
+    labels = []
+
+    class Lazy:
+        @property
+        def label(self) -> str:
+            labels.append(1)
+            return "lazy"
+
+    async def worker(stage: str) -> None:
+        set_task_context("r5", stage)
+        for item in (Key("a"), Lazy(), Key("b")):
+            set_partition(item)
+            if not isinstance(item, Lazy):
+                log.info("item")
+
+    async def main() -> None:
+        await asyncio.gather(asyncio.create_task(worker("s1")), asyncio.create_task(worker("s2")))
+
+    asyncio.run(main())
+    assert sorted(collect.tags()) == [
+        ("r5", "s1", "a"), ("r5", "s1", "b"), ("r5", "s2", "a"), ("r5", "s2", "b")]
+    assert labels == []  # never logged, never labelled
+    assert current_context() == {"run_id": "-", "stage": "-", "partition": "-"}
