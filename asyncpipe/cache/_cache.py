@@ -289,6 +289,10 @@ class Cache:
         idx.keys.discard(key)
         idx.corrupt.add(key)
         shutil.rmtree(os.path.join(self.location, *self._call_id(stage, key)), ignore_errors=True)
+        try:  # so that the next run, too, says why it recomputes
+            append_log(str(self.location / stage_dirname(stage)), [{"corrupt": key}])
+        except OSError:
+            pass
 
     def _warn(self, message: str) -> None:
         warnings.warn(message, CacheWarning, stacklevel=3)

@@ -6,7 +6,7 @@ for each code key the per-function hashes. :meth:`Cache.open` reads it in a thre
 together with the list of entry directories; lookups then need no I/O, and a miss
 can be explained by comparing with the last record::
 
-    >>> idx = StageIndex()
+    >>> idx = StageIndex(seen_before=True)
     >>> idx.records["p1"] = Record("k1", "c1", "o1", "i1")
     >>> idx.explain("k2", Record("k2", "c1", "o2", "i1"), "p1", {}, False)
     'options changed'
@@ -60,6 +60,8 @@ class StageIndex:
     records: dict[str, Record] = field(default_factory=dict)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
+    #: The stage had records when the run opened the cache (else every miss is "not cached before").
+    seen_before: bool = False
 
     def explain(
         self,
@@ -74,7 +76,7 @@ class StageIndex:
             return "entry corrupt"
         prev = self.records.get(partition_id)
         if prev is None:
-            return "new input" if self.records else "not cached before"
+            return "new input" if self.seen_before else "not cached before"
         if prev.code != now.code:
             old = self.codes.get(prev.code)
             new = code_funcs.get(now.code)
@@ -106,6 +108,8 @@ def read_stage(stage_path: str) -> StageIndex:
                 _apply(idx, line)
     except FileNotFoundError:
         return idx
+    idx.corrupt -= idx.keys  # recomputed since
+    idx.seen_before = bool(idx.records)
     if lines > 1000 and lines > _COMPACT_AT * (len(idx.records) + len(idx.codes)):
         _compact(log, idx)
     return idx

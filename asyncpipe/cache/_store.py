@@ -120,8 +120,8 @@ def _dtype_problem(dtype: Any) -> str | None:
     if isinstance(dtype, pd.DatetimeTZDtype):
         return None if dtype.unit in _PARQUET_UNITS else f"dtype {dtype} is not stored exactly"
     if isinstance(dtype, pd.CategoricalDtype):
-        if isinstance(dtype.categories.dtype, pd.StringDtype):
-            return None
+        if isinstance(dtype.categories.dtype, pd.StringDtype) and len(dtype.categories):
+            return None  # (empty categories come back as object)
         return "categorical with non-string categories"
     if isinstance(dtype, pd.StringDtype | pd.PeriodDtype) or str(dtype) in _NULLABLE:
         return None

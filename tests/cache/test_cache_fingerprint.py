@@ -35,7 +35,7 @@ def relayout(df: pd.DataFrame) -> pd.DataFrame:
 def test_equal_frames_with_different_layouts_match(df):
     other = relayout(df)
     assert fingerprint(df) == fingerprint(other) == fingerprint(df.copy())
-    block = np.column_stack([df["f"].to_numpy(), df["f"].to_numpy() * 2])
+    block = np.column_stack([df["f"].to_numpy(), -df["f"].to_numpy()])
     c_order = pd.DataFrame(np.ascontiguousarray(block), columns=["a", "b"])
     f_order = pd.DataFrame(np.asfortranarray(block), columns=["a", "b"])
     split = pd.DataFrame({"a": block[:, 0].copy(), "b": block[:, 1].copy()})
