@@ -112,7 +112,7 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RunLoggerAdapter(logging.LoggerAdapter):
     """A logger bound to a run (and optionally a stage/partition) explicitly, without context variables.
 
     >>> log = RunLoggerAdapter(logging.getLogger("asyncpipe.engine"), run_id="r1", stage="parse")
