@@ -20,6 +20,7 @@ bytecode, constants and names are hashed instead.
 from __future__ import annotations
 
 import ast
+import dis
 import functools
 import inspect
 import sys
@@ -103,13 +104,15 @@ def _normalize(obj: types.FunctionType | type) -> tuple[bytes, set[str], dict[st
     """(normalized text, global names referred to, the globals to resolve them in)."""
     if isinstance(obj, type):
         return _normalize_class(obj)
+    # Globals from the bytecode: parameters and locals that share a global's name
+    # (a stage parameter named after its upstream stage, say) are not followed.
+    names = _code_names(obj.__code__)
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError, SyntaxError):
-        return _bytecode_text(obj.__code__), _code_names(obj.__code__), obj.__globals__
+        return _bytecode_text(obj.__code__), names, obj.__globals__
     node = tree.body[0] if len(tree.body) == 1 else tree
     _strip(node, top=True)
-    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     return ast.dump(node, annotate_fields=False, include_attributes=False).encode(), names, obj.__globals__
 
 
@@ -163,7 +166,12 @@ def _bytecode_text(code: types.CodeType) -> bytes:
 
 
 def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
+    """Names a code object (and the code nested in it) reads as globals."""
+    names = {
+        ins.argval
+        for ins in dis.get_instructions(code)
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str)
+    }
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)

@@ -136,3 +136,16 @@ def test_functions_defined_in_ipython_cells():
         assert IPython
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_parameters_named_like_other_stages_are_not_followed(tmp_path):
+    src = '''
+def load(i):
+    return i
+
+def transform(load):
+    x = load
+    return [load for load in range(x)]
+'''
+    mod = load(tmp_path, src)
+    assert set(code_key(mod.transform)[1]) == {"transform"}
