@@ -176,6 +176,7 @@ def _sink_stage(
 ) -> Stage:
     fn = cls(root, name=name, **kw)
     options.setdefault("executor", "thread")
+    options.setdefault("cache", False)  # a sink's effect is the write: never skip it on a cache hit
     return Stage(fn, kind="sink", name=name, inputs={"value": input}, options=StageOptions(**options))
 
 

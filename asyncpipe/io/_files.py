@@ -17,7 +17,6 @@ and never appear in reprs or error messages.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
@@ -27,6 +26,7 @@ import pandas as pd
 from .._stage import Stage, StageOptions
 from ._errors import fail
 from ._formats import check_format, decode, infer_format
+from ._runtime import Runtime
 from ._secrets import collect_secrets, redact_options, redact_url
 
 __all__ = ["FileChunk", "FileSource", "read_files"]
@@ -57,25 +57,18 @@ class FsCache:
 
     def __init__(self, storage_options: Mapping[str, Any]) -> None:
         self.storage_options = dict(storage_options)
-        self._lock = threading.Lock()
-        self._by_protocol: dict[str, Any] = {}
+        self._rt = Runtime()
 
     def resolve(self, url: str) -> tuple[Any, str]:
         protocol = url.split("://", 1)[0] if "://" in url else "file"
-        with self._lock:
-            fs = self._by_protocol.get(protocol)
+        with self._rt.lock:
+            fs = self._rt.cache.get(protocol)
         if fs is None:
             fs, path = filesystem(url, self.storage_options)
-            with self._lock:
-                fs = self._by_protocol.setdefault(protocol, fs)
+            with self._rt.lock:
+                fs = self._rt.cache.setdefault(protocol, fs)
             return fs, path
         return fs, fs._strip_protocol(url)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"storage_options": self.storage_options}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["storage_options"])  # type: ignore[misc]
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -125,8 +118,7 @@ class FileSource:
         self.name = name
         urls = [urlpath] if isinstance(urlpath, str) else list(urlpath)
         self._secrets = collect_secrets(options=self.storage_options, urls=urls)
-        self._lock = threading.Lock()
-        self._headers: dict[str, bytes] = {}
+        self._rt = Runtime()  # CSV header lines of split files, by URL
         self._fs = FsCache(self.storage_options)
 
     # -- what the engine calls ------------------------------------------------------
@@ -246,13 +238,13 @@ class FileSource:
         return decode(header + block, fmt, options=self.read_options)
 
     def _header(self, url: str, f: Any) -> bytes:
-        with self._lock:
-            if url in self._headers:
-                return self._headers[url]
+        with self._rt.lock:
+            if url in self._rt.cache:
+                return self._rt.cache[url]
         f.seek(0)
         line = f.readline()
-        with self._lock:
-            self._headers[url] = line
+        with self._rt.lock:
+            self._rt.cache[url] = line
         return line
 
     def _fail(self, what: str, obj: str, exc: BaseException) -> Any:
@@ -273,16 +265,6 @@ class FileSource:
             secrets=self._secrets,
             transient=is_unreachable(exc),
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_lock"] = None
-        state["_headers"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         opts = f", storage_options={redact_options(self.storage_options)!r}" if self.storage_options else ""

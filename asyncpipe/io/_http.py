@@ -24,7 +24,6 @@ One ``httpx.AsyncClient`` is shared per event loop and closed by ``aclose()``
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -37,6 +36,7 @@ from .._exceptions import Overloaded, RateLimited, TransientError
 from .._stage import Stage, StageOptions
 from ._errors import fail
 from ._formats import check_format, content_type_format, decode, infer_format
+from ._runtime import Runtime
 from ._secrets import collect_secrets, redact_options, redact_url, scrub, scrub_exception
 
 __all__ = ["HttpSource", "fetch_http", "parse_retry_after"]
@@ -89,11 +89,17 @@ class HttpSource:
         self._secrets = collect_secrets(
             headers=self.headers, urls=self.urls or (), options=self.client_options
         )
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        # An instance with an ``async __call__`` is not a coroutine function to inspect; pointing
-        # __wrapped__ at the bound method makes Stage.is_async (inspect.unwrap) see it as async.
-        self.__wrapped__ = self.__call__
+        self._rt = Runtime()  # one httpx.AsyncClient per event loop
+
+    @property
+    def __wrapped__(self) -> Any:
+        # An instance with an ``async __call__`` is not a coroutine function to inspect; this
+        # makes inspect.unwrap (Stage.is_async, inspect.signature) see the async method.
+        return self.__call__
+
+    @property
+    def _clients(self) -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]:
+        return self._rt.cache.setdefault("clients", weakref.WeakKeyDictionary())
 
     def asyncpipe_inputs(self) -> list[str]:
         """The URLs given to :func:`fetch_http` (or pass them to ``run()``)."""
@@ -175,7 +181,7 @@ class HttpSource:
         import httpx
 
         loop = asyncio.get_running_loop()
-        with self._lock:
+        with self._rt.lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
                 options = {"timeout": self.timeout, "follow_redirects": True, **self.client_options}
@@ -186,19 +192,10 @@ class HttpSource:
     async def aclose(self) -> None:
         """Close the client of the running loop (clients of other, closed loops are dropped)."""
         loop = asyncio.get_running_loop()
-        with self._lock:
+        with self._rt.lock:
             client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_clients": None, "_lock": None, "__wrapped__": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        self.__wrapped__ = self.__call__
 
     def __repr__(self) -> str:
         headers = f", headers={redact_options(self.headers)!r}" if self.headers else ""

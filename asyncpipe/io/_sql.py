@@ -29,6 +29,7 @@ import pandas as pd
 
 from .._stage import Stage, StageOptions
 from ._errors import fail
+from ._runtime import Runtime
 from ._secrets import collect_secrets, redact_url
 
 __all__ = ["SqlChunk", "SqlSource", "engine_for", "read_sql", "sql_failure"]
@@ -146,7 +147,7 @@ class SqlSource:
         if order_by is not None and not _ORDER_RE.fullmatch(order_by):
             raise ValueError(f"order_by must be column names (optionally ASC/DESC), got {order_by!r}")
         self.order_by = order_by
-        self._order_all: str | None = None
+        self._rt = Runtime()  # the computed ORDER BY, per process
         self.engine_options = dict(engine_options or {})
         self.name = name
         self._secrets = collect_secrets(urls=[url], options=self.engine_options)
@@ -197,8 +198,8 @@ class SqlSource:
     def _order(self) -> str:
         if self.order_by:
             return self.order_by
-        if self._order_all is not None:
-            return self._order_all
+        if "order" in self._rt.cache:
+            return self._rt.cache["order"]
         # Without an explicit key, order by every column: chunks are then deterministic
         # (rows equal in every column are interchangeable). Pass order_by for big tables.
         sa = _import_sqlalchemy()
@@ -206,8 +207,8 @@ class SqlSource:
             ncols = len(
                 conn.execute(sa.text(f"SELECT * FROM ({self.query}) AS q LIMIT 0"), self.params).keys()
             )
-        self._order_all = ", ".join(str(i) for i in range(1, ncols + 1))
-        return self._order_all
+        self._rt.cache["order"] = ", ".join(str(i) for i in range(1, ncols + 1))
+        return self._rt.cache["order"]
 
     def _obj(self) -> str:
         first = " ".join(self.query.split())

@@ -31,6 +31,7 @@ import pandas as pd
 from .._stage import Stage, StageOptions
 from ._errors import fail
 from ._formats import to_frame
+from ._runtime import Runtime
 from ._secrets import collect_secrets, redact_url
 from ._sql import _import_sqlalchemy, engine_for, sql_failure
 
@@ -69,8 +70,7 @@ class SqlSink:
         self.key_column, self.mode, self.key = key_column, mode, list(key or [])
         self.engine_options = dict(engine_options or {})
         self._secrets = collect_secrets(urls=[url], options=self.engine_options)
-        self._lock = threading.Lock()
-        self._table: Any = None
+        self._rt = Runtime()  # the reflected Table, per process
 
     def __call__(self, value: Any, partition: Any) -> dict[str, Any]:
         """Replace (or upsert) this partition's rows in one transaction."""
@@ -123,13 +123,15 @@ class SqlSink:
     # -- table creation and schema checks -----------------------------------------------
     def _table_for(self, engine: Any, frame: pd.DataFrame) -> Any:
         sa = _import_sqlalchemy()
-        with self._lock:
-            if self._table is not None and set(frame.columns) <= set(self._table.c.keys()):
-                return self._table
+        with self._rt.lock:
+            known = self._rt.cache.get("table")
+            if known is not None and set(frame.columns) <= set(known.c.keys()):
+                return known
             if not sa.inspect(engine).has_table(self.table, schema=self.schema):
                 self._create(engine, frame)
-            self._table = sa.Table(self.table, sa.MetaData(), schema=self.schema, autoload_with=engine)
-            return self._table
+            known = sa.Table(self.table, sa.MetaData(), schema=self.schema, autoload_with=engine)
+            self._rt.cache["table"] = known
+            return known
 
     def _create(self, engine: Any, frame: pd.DataFrame) -> None:
         sa = _import_sqlalchemy()
@@ -203,13 +205,6 @@ class SqlSink:
             return _NoLock()  # type: ignore[return-value]
         with _LOCKS_LOCK:
             return _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), threading.Lock())
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_lock": None, "_table": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqlSink({self.table!r}, {redact_url(self.url)!r}, mode={self.mode!r})"
@@ -327,4 +322,5 @@ def to_sql(
         name=name,
     )
     options.setdefault("executor", "thread")
+    options.setdefault("cache", False)  # a sink's effect is the write: never skip it on a cache hit
     return Stage(fn, kind="sink", name=name, inputs={"value": input}, options=StageOptions(**options))
