@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Benchmarks are scripts (python tests/benchmarks/run.py), not tests: never collect them.
+collect_ignore_glob = ["benchmarks/*"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):

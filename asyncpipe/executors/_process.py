@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -29,14 +30,30 @@ IDLE_TIMEOUT = 120
 
 
 _pools: list[Any] = []
+_lock = threading.Lock()
 
 
-def _register_exit_hook(pool: Any) -> None:
-    """Join the workers when the interpreter exits, so none outlives it."""
-    if not _pools:
-        atexit.register(shutdown_workers)
-    if pool not in _pools:
-        _pools.append(pool)
+def _shared_pool(n: int) -> Any:
+    """asyncpipe's own loky pool, kept warm across runs (not loky's global reusable executor,
+    which joblib also resizes: sharing it would respawn workers whenever both are used)."""
+    from loky import ProcessPoolExecutor
+
+    with _lock:
+        pool = _pools[-1] if _pools else None
+        broken = pool is not None and getattr(pool, "_flags", None) is not None and pool._flags.broken
+        if pool is None or broken or pool._max_workers != n:
+            if pool is not None:
+                _pools.remove(pool)
+                pool.shutdown(wait=False)
+            if not _exit_hook[0]:
+                atexit.register(shutdown_workers)
+                _exit_hook[0] = True
+            pool = ProcessPoolExecutor(max_workers=n, timeout=IDLE_TIMEOUT)
+            _pools.append(pool)
+        return pool
+
+
+_exit_hook = [False]
 
 
 def shutdown_workers(kill: bool = False) -> None:
@@ -52,7 +69,7 @@ def shutdown_workers(kill: bool = False) -> None:
 class ProcessExecutor(Executor):
     """Runs stage calls in loky worker processes (works with notebook/``__main__`` functions).
 
-    The pool is loky's reusable executor: warm across runs, resized on demand, its
+    The pool is asyncpipe's own loky executor: warm across runs, resized on demand, its
     workers exit after ``IDLE_TIMEOUT`` idle seconds and never outlive this
     process. Cancelling a run kills the workers running its tasks.
     """
@@ -79,11 +96,8 @@ class ProcessExecutor(Executor):
 
     def _get_pool(self) -> Any:
         if self._pool is None:
-            from loky import get_reusable_executor
-
             n = self._max or min(self._wanted or os.cpu_count() or 2, os.cpu_count() or 2)
-            self._pool = get_reusable_executor(max_workers=n, timeout=IDLE_TIMEOUT)
-            _register_exit_hook(self._pool)
+            self._pool = _shared_pool(n)
         return self._pool
 
     async def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -102,4 +116,7 @@ class ProcessExecutor(Executor):
         pool, self._pool = self._pool, None
         if pool is not None and cancel:
             # Tasks may still run in the workers: kill them so nothing outlives the run.
+            with _lock:
+                if pool in _pools:
+                    _pools.remove(pool)
             await asyncio.to_thread(pool.shutdown, wait=True, kill_workers=True)
