@@ -17,6 +17,7 @@ and never appear in reprs or error messages.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
@@ -32,6 +33,9 @@ from ._secrets import collect_secrets, redact_options, redact_url
 __all__ = ["FileChunk", "FileSource", "read_files"]
 
 STORE: Final = "files"
+#: In a path, ``{item}`` is replaced by the input item: several sources can then read
+#: matching files for the same items (``orders-{item}.csv`` and ``prices-{item}.parquet``).
+TEMPLATE: Final = "{item}"
 
 
 class FileChunk(NamedTuple):
@@ -118,12 +122,18 @@ class FileSource:
         self.name = name
         urls = [urlpath] if isinstance(urlpath, str) else list(urlpath)
         self._secrets = collect_secrets(options=self.storage_options, urls=urls)
+        self._template = isinstance(urlpath, str) and TEMPLATE in urlpath
         self._rt = Runtime()  # CSV header lines of split files, by URL
         self._fs = FsCache(self.storage_options)
 
     # -- what the engine calls ------------------------------------------------------
     def asyncpipe_inputs(self) -> list[str | FileChunk]:
-        """Expand the glob(s): one item per file, or per chunk of files above ``split_bytes``."""
+        """Expand the glob(s): one item per file, or per chunk of files above ``split_bytes``.
+
+        With a ``{item}`` template the items are the values that fill it in the matching names.
+        """
+        if self._template:
+            return self._template_items()
         items: list[str | FileChunk] = []
         patterns = [self.urlpath] if isinstance(self.urlpath, str) else list(self.urlpath)
         for pattern in patterns:
@@ -151,6 +161,8 @@ class FileSource:
         """Read one file, or one chunk of one, into a DataFrame."""
         chunk = FileChunk(*item) if isinstance(item, tuple) else None
         url = chunk.path if chunk else str(item)
+        if self._template and chunk is None:
+            url = str(self.urlpath).replace(TEMPLATE, str(item))
         fmt = self._format_of(url)
         try:
             fs, path = self._fs.resolve(url)
@@ -173,6 +185,19 @@ class FileSource:
         return f"{token or ''}:{info.get('size')}:{mtime}"
 
     # -- helpers --------------------------------------------------------------------
+    def _template_items(self) -> list[str]:
+        pattern = str(self.urlpath)
+        glob = pattern.replace(TEMPLATE, "*")
+        try:
+            fs, path = self._fs.resolve(glob)
+            found = fs.glob(path)
+        except Exception as exc:
+            self._fail(f"Could not list {redact_url(glob)!r}", glob, exc)
+        _, tail = self._fs.resolve(pattern.replace(TEMPLATE, "\x00"))
+        before, _, after = tail.partition("\x00")
+        regex = re.compile(re.escape(before) + "(.+?)" + re.escape(after) + "$")
+        return sorted({m.group(1) for p in found if (m := regex.match(p))})
+
     def _format_of(self, url: str) -> str:
         fmt = self.format or infer_format(url)
         if fmt is None:
@@ -284,6 +309,10 @@ def read_files(
     **options: Any,
 ) -> Stage:
     """A source stage reading every file matching ``urlpath`` (a glob or a list of globs).
+
+    With ``{item}`` in ``urlpath`` (``"raw/orders-{item}.csv"``) each input item fills the
+    template, and the default inputs are the values found by globbing it: sources that
+    share items line up partition by partition, ready to be joined by a downstream stage.
 
     - ``format``: "csv", "jsonl", "json" or "parquet"; inferred from each file's suffix if None.
     - ``storage_options``: passed to fsspec (``key``/``secret``/``endpoint_url`` for S3...).

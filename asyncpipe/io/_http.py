@@ -68,7 +68,7 @@ class HttpSource:
 
     def __init__(
         self,
-        urls: Iterable[str] | None = None,
+        urls: Iterable[str] | str | None = None,
         *,
         format: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -78,7 +78,11 @@ class HttpSource:
         client_options: Mapping[str, Any] | None = None,
         name: str = "fetch_http",
     ) -> None:
-        self.urls = list(urls) if urls is not None else None
+        #: A URL containing ``{item}``: each input item fills it in (``.../fx/{item}.json``).
+        self.template = urls if isinstance(urls, str) and "{item}" in urls else None
+        if isinstance(urls, str) and not self.template:
+            urls = [urls]
+        self.urls = list(urls) if urls is not None and not self.template else None
         self.format = check_format(format) if format else None
         self.headers = dict(headers or {})
         self.timeout = timeout
@@ -103,14 +107,19 @@ class HttpSource:
 
     def asyncpipe_inputs(self) -> list[str]:
         """The URLs given to :func:`fetch_http` (or pass them to ``run()``)."""
-        if self.urls is None:
-            raise ValueError(f"HTTP source {self.name!r} has no URLs: pass them to fetch_http() or to run().")
+        if self.urls is None or self.template:
+            raise ValueError(
+                f"HTTP source {self.name!r} has no URLs: pass them (or, with a URL "
+                "template, the items) to run()."
+            )
         return list(self.urls)
 
     async def __call__(self, url: str) -> pd.DataFrame:
-        """Fetch ``url`` and decode its body into a DataFrame."""
+        """Fetch ``url`` (or the template filled with this item) and decode the body to a DataFrame."""
         import httpx
 
+        if self.template:
+            url = self.template.replace("{item}", str(url))
         shown = redact_url(str(url))
         try:
             response = await self._client().get(url)
@@ -199,12 +208,16 @@ class HttpSource:
 
     def __repr__(self) -> str:
         headers = f", headers={redact_options(self.headers)!r}" if self.headers else ""
-        n = "run() inputs" if self.urls is None else f"{len(self.urls)} URLs"
+        n = (
+            repr(redact_url(self.template))
+            if self.template
+            else ("run() inputs" if self.urls is None else f"{len(self.urls)} URLs")
+        )
         return f"HttpSource({n}, format={self.format!r}{headers})"
 
 
 def fetch_http(
-    urls: Iterable[str] | None = None,
+    urls: Iterable[str] | str | None = None,
     *,
     format: str | None = None,
     name: str = "fetch_http",
@@ -216,6 +229,9 @@ def fetch_http(
     **options: Any,
 ) -> Stage:
     """An async source stage fetching each URL (the items) and decoding the body to a DataFrame.
+
+    ``urls`` may be a template such as ``"https://api/x/{item}.json"``: the items passed to
+    ``run()`` (or shared with another source) fill it in.
 
     - ``format``: "json", "jsonl", "csv" or "parquet"; else from Content-Type, then the URL suffix.
     - ``headers``: sent with every request (put tokens here, not in URLs: URLs become labels).

@@ -244,3 +244,15 @@ def test_s3_unreachable_host_is_a_transient_store_error():
         source("s3://lake/x.csv")
     assert isinstance(info.value, TransientError) and info.value.obj == "s3://lake/x.csv"
     assert "s-unreachable-123" not in str(info.value)
+
+
+def test_item_template_lines_up_sources_by_item(tmp_path):
+    for day in ("2024-01-02", "2024-01-01"):
+        _frame(2).to_csv(tmp_path / f"orders-{day}.csv", index=False)
+        _frame(3).to_parquet(tmp_path / f"prices-{day}.parquet")
+    orders = FileSource(str(tmp_path / "orders-{item}.csv"))
+    prices = FileSource(str(tmp_path / "prices-{item}.parquet"))
+    assert orders.asyncpipe_inputs() == prices.asyncpipe_inputs() == ["2024-01-01", "2024-01-02"]
+    assert len(orders("2024-01-01")) == 2 and len(prices("2024-01-02")) == 3
+    with pytest.raises(StoreError, match="no such object"):
+        orders("2024-12-31")

@@ -134,3 +134,15 @@ def test_parse_retry_after():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after("-5") == 0.0
+
+
+@pytest.mark.asyncio
+async def test_url_template_is_filled_with_the_item(api):
+    source = HttpSource(api.url("/data/{item}.csv"), name="api")
+    try:
+        assert (await source("6"))["id"].iloc[0] == 60
+    finally:
+        await source.aclose()
+    with pytest.raises(ValueError, match="items"):
+        source.asyncpipe_inputs()
+    assert "{item}" in repr(source)
