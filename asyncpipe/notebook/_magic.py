@@ -22,6 +22,7 @@ import asyncio
 import dis
 import hashlib
 import linecache
+import shlex
 import sys
 import threading
 import types
@@ -29,7 +30,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from .._exceptions import AsyncpipeError, DefinitionError, RunCancelled
 from .._stage import Stage
@@ -82,12 +83,7 @@ class PipelineMagics(Magics):
         The cell returns at once; ``await etl`` (in a later cell) gives the RunResult.
         """
         __tracebackhide__ = True
-        try:
-            args = parse_argstring(self.pipeline, line)
-        except UsageError:
-            raise
-        except SystemExit as exc:  # argparse on --help
-            raise UsageError(str(exc)) from None
+        args = _parse(self.pipeline.parser, line)
         name = args.name
         if not name.isidentifier():
             raise UsageError(f"%%pipeline NAME must be a valid variable name; got {name!r}.")
@@ -147,6 +143,18 @@ class PipelineMagics(Magics):
         exec(code, glb)
         glb["__asyncpipe_code__"] = code
         return glb
+
+
+def _parse(parser: Any, line: str) -> Any:
+    """POSIX shell quoting (``--inputs "range(10)"``), then the magic's argparse parser."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%%pipeline: cannot parse the options {line!r}: {exc}") from None
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits after printing --help
+        raise UsageError(f"%%pipeline: {exc}") from None
 
 
 def _cell_filename(name: str, cell: str) -> str:

@@ -79,6 +79,7 @@ class Monitor:
         self._last_chart = -1e9
         self._failures_seen: tuple[int, Any] = (-1, None)
         self._display: Any = None
+        self._shown_in: int | None = None
         self._timer: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[None] | None = None
         self._rendering = False
@@ -108,6 +109,9 @@ class Monitor:
         self.widget.add_class("asyncpipe-monitor")
 
         self._unsubscribe = handle.bus.subscribe(self._on_event)
+        add_hook = getattr(handle, "add_await_hook", None)
+        if add_hook is not None:  # so a plain ``await handle`` re-sends the final state too
+            add_hook(self.repaint)
         if handle.done():
             self._paint_final_sync()
         else:
@@ -162,7 +166,7 @@ class Monitor:
             await self._render_chart(record=False)
         self._unsubscribe()
         if self._display is not None:
-            self._display.update(self)
+            self._display.update(self._repr_mimebundle_(), raw=True)
 
     def _paint_final_sync(self) -> None:
         """Final paint without a loop (a run that ended on another loop, or plain IPython)."""
@@ -196,7 +200,7 @@ class Monitor:
         for widget in self._all_widgets():
             widget.send_state()
         if self._display is not None:
-            self._display.update(self)
+            self._display.update(self._repr_mimebundle_(), raw=True)
 
     def _all_widgets(self) -> list[Any]:
         out = [self.header, self.pause_button, self.resume_button, self.cancel_button, self.errors,
@@ -273,8 +277,17 @@ class Monitor:
         """Display the panel (a display id lets the final state replace the text fallback)."""
         from IPython.display import display
 
-        self._display = display(self, display_id=True)
+        self._display = display(self._repr_mimebundle_(), raw=True, display_id=True)
+        self._shown_in = _execution_count()
         return self
+
+    def _ipython_display_(self) -> None:
+        # monitor(handle) as a cell's last expression: already shown by this cell.
+        if self._shown_in is None or self._shown_in != _execution_count():
+            self.show()
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
 
     def text(self) -> str:
         snap = self.handle.progress
@@ -294,18 +307,31 @@ class Monitor:
         return f"<Monitor {self.handle.pipeline.name!r}: {self.handle.status}>"
 
 
+def _execution_count() -> int | None:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return None
+    shell = get_ipython()
+    return None if shell is None else shell.execution_count
+
+
 def _assign(widget: Any, trait: str, value: Any) -> None:
     if getattr(widget, trait) != value:
         setattr(widget, trait, value)
 
 
 def monitor(handle: Any, *, charts: bool = True, display: bool = True) -> Monitor:
-    """Show the live monitor panel for a running (or finished) handle.
+    """Show the live monitor panel for a running (or finished) handle; returns the :class:`Monitor`.
 
-    Works for handles from ``pipe.start(...)`` and for the ``%%pipeline`` handle::
+    Works for handles from ``pipe.start(...)`` and for the ``%%pipeline`` handle.
+    Await the monitor (rather than the handle) in a later cell, so the final state
+    is re-sent from that cell, which is what a notebook executed headless saves::
 
         handle = pipe.start(urls)
-        asyncpipe.monitor(handle)
+        mon = asyncpipe.monitor(handle)
+        ...
+        result = await mon
     """
     existing = getattr(handle, "monitor", None)
     inner = getattr(handle, "handle", handle)
