@@ -112,9 +112,7 @@ class Cache:
     # -- a run --------------------------------------------------------------------------
     async def open(self, stages: list[str]) -> None:
         """Read each stage's entry list and log in a thread, so lookups need no I/O."""
-        loaded = await asyncio.to_thread(
-            lambda: {s: read_stage(str(self.location / stage_dirname(s))) for s in stages}
-        )
+        loaded = await asyncio.to_thread(self._read_indexes, stages)
         for stage, idx in loaded.items():
             old = self._index.get(stage)
             if old is not None:  # keep what this process knows but is not on disk yet
@@ -255,6 +253,11 @@ class Cache:
         if idx is None:
             idx = self._index[stage] = StageIndex()
         return idx
+
+    def _read_indexes(self, stages: list[str]) -> dict[str, StageIndex]:
+        import pyarrow.parquet  # noqa: F401  (import here, in a thread, not at the first load/store)
+
+        return {s: read_stage(str(self.location / stage_dirname(s))) for s in stages}
 
     def _call_id(self, stage: str, key: str) -> list[str]:
         return [stage_dirname(stage), key]
