@@ -160,21 +160,26 @@ class ReduceRun(StageRun):
                 self.records.append((ALL, "cached", 0.0, 0, ""))
                 await self.deliver(ALL, Lazy(self, ALL, key, values), key)
                 return
-        resolved = [list(await self.resolve(tuple(part))) for part in values]
-        if self.ps.stage.options.concat:
-            resolved = [await asyncio.to_thread(_concat, part, self.name) for part in resolved]
-        out = await self.compute(ALL, tuple(resolved), reason)
+        try:
+            resolved = await self._prepare(values)
+        except Exception as exc:
+            self.fail(ALL, exc, 1, self.run.clock.time())
+            await self.deliver(ALL, FAILED, None)
+            return
+        out = await self.compute(ALL, resolved, reason)
         if out is not FAILED and key is not None:
             self.run.cache.store(self.name, key, await self.cacheable(out), parts, ALL.id)
         await self.deliver(ALL, out, key if out is not FAILED else None)
 
-    async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
-        resolved = []
-        for part in inputs:
-            resolved.append([await v.get() if type(v) is Lazy else v for v in part])
+    async def _prepare(self, values: tuple[list[Any], ...]) -> tuple[Any, ...]:
+        """Load/fetch every partition; concatenate in a thread when ``concat=True``."""
+        resolved: list[Any] = [list(await self.resolve(tuple(part))) for part in values]
         if self.ps.stage.options.concat:
             resolved = [await asyncio.to_thread(_concat, part, self.name) for part in resolved]
-        out = await self.compute(ALL, tuple(resolved), "entry corrupt")
+        return tuple(resolved)
+
+    async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
+        out = await self.compute(ALL, await self._prepare(inputs), "entry corrupt")
         if out is FAILED:
             raise StageError(f"Stage {self.name!r} failed recomputing", stage=self.name, partition=ALL)
         self.run.cache.store(self.name, key, out, None, ALL.id)
