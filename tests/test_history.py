@@ -243,3 +243,37 @@ def test_cli_reports_unknown_runs(tmp_path):
     assert err.startswith("asyncpipe runs: No run matches 'nope'")
     code, out, _ = cli("runs", "--workdir", str(tmp_path))
     assert (code, out) == (0, "No runs recorded yet.\n")
+
+
+def test_a_real_run_leaves_a_record_with_its_series_and_failures(tmp_path):
+    import asyncio
+
+    import asyncpipe as ap
+
+    @ap.source
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    @ap.stage
+    def parse(fetch: int) -> int:
+        if fetch == 3:
+            raise ValueError("bad record 3")
+        return fetch * 2
+
+    pipe = ap.Pipeline([fetch, parse], name="it", workdir=tmp_path, cache=False)
+    result = pipe.run_sync(range(10))
+    assert result.status == "failed"
+    df = runs(tmp_path)
+    assert df[["run_id", "pipeline", "status", "done", "n_failures"]].to_dict("records") == [
+        {"run_id": result.run_id, "pipeline": "it", "status": "failed", "done": 9, "n_failures": 1}]
+    rec = load_run(result.run_id, tmp_path)
+    assert rec.worst_loop_lag is not None and rec.worst_loop_lag >= 0
+    series = rec.metrics()
+    assert list(series.columns) == list(_history.SERIES_COLUMNS)
+    last = series[series["t"] == series["t"].max()].set_index("stage")
+    assert (last.loc["fetch", "done"], last.loc["parse", "done"], last.loc["parse", "failed"]) == (10, 9, 1)
+    fails = rec.failures()
+    assert fails["stage"].tolist() == ["parse"] and fails["error_type"].tolist() == ["ValueError"]
+    code, out, _ = cli("runs", result.run_id[:17], "--workdir", str(tmp_path))
+    assert code == 0 and "parse [" in out and "ValueError: bad record 3" in out
