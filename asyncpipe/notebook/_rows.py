@@ -4,11 +4,11 @@ Everything here is a pure function of a metrics snapshot (plus the plan, to
 estimate totals the engine does not know yet), so it is tested without a run.
 
 >>> from asyncpipe._metrics import StageSnapshot
->>> s = StageSnapshot("parse", 10, 4, 1, 2, 3, 0, 8.0, 0.01, 0.02, 0.03, 0.0, 0.5, 8, None, 0.5)
+>>> s = StageSnapshot("parse", 10, 4, 0, 2, 3, 0, 8.0, 0.01, 0.02, 0.03, 0.0, 0.5, 8, None, 0.5)
 >>> row = StageRow("parse")
 >>> row.update(s, 10, status="running", final=False)
 >>> row.bar.value, row.bar.bar_style
-(0.5, 'info')
+(0.4, 'info')
 >>> "4/10" in row.stats.value and "p95 20.0ms" in row.stats.value
 True
 """
