@@ -59,7 +59,7 @@ async def until(cond, within: float = 5.0) -> None:
 
 
 def test_sample_covers_children_and_grandchildren():
-    sampler = ResourceSampler(lambda e: None, "r1")
+    sampler = ResourceSampler(lambda e: None, "r1", rescan=0)
     _, rss_alone, n_alone = sampler.sample()
     child = spawn(PARENT_CHILD)
     try:
@@ -73,7 +73,7 @@ def test_sample_covers_children_and_grandchildren():
 
 
 def test_cpu_and_memory_of_a_busy_worker_are_counted():
-    sampler = ResourceSampler(lambda e: None, "r1")
+    sampler = ResourceSampler(lambda e: None, "r1", rescan=0)
     _, rss_alone, _ = sampler.sample()
     child = spawn(BUSY_CHILD)
     try:
@@ -88,7 +88,7 @@ def test_cpu_and_memory_of_a_busy_worker_are_counted():
 
 
 def test_exited_and_zombie_children_are_skipped():
-    sampler = ResourceSampler(lambda e: None, "r1")
+    sampler = ResourceSampler(lambda e: None, "r1", rescan=0)
     quitter = spawn("import sys; sys.stdin.read()")
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
@@ -104,6 +104,23 @@ def test_exited_and_zombie_children_are_skipped():
         assert n < n_before + 1 and rss > 0 and cpu >= 0.0
     finally:
         zombie.wait(10)
+
+
+def test_the_tree_is_listed_again_only_every_rescan_seconds():
+    clock = FakeClock()
+    sampler = ResourceSampler(lambda e: None, "r1", clock=clock, rescan=2.0)
+    _, _, n0 = sampler.sample()
+    child = spawn("import sys; sys.stdin.read()")
+    try:
+        clock.advance(1.0)
+        assert sampler.sample()[2] == n0  # known processes only: cheap
+        clock.advance(1.0)
+        assert sampler.sample()[2] == n0 + 1 and child.pid in sampler._procs  # rescanned
+        stop(child)
+        clock.advance(0.5)
+        assert sampler.sample()[2] == n0  # a known worker that exited is dropped without a rescan
+    finally:
+        stop(child)
 
 
 @pytest.mark.asyncio

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from _harness import result
@@ -129,6 +130,109 @@ def _p7(repeats: int) -> list[dict[str, Any]]:
     return [r]
 
 
+class _Accounting:
+    """Wraps the monitoring code paths to add up what they cost during monitored runs.
+
+    A load-resistant cross-check of P7: the differential measurement above subtracts two
+    noisy totals; this adds up the monitoring work itself and divides it by the run's CPU
+    time, so load from other processes inflates both sides alike.
+    """
+
+    def __init__(self) -> None:
+        self.spent = {"events": 0.0, "snapshots": 0.0, "psutil": 0.0}  # seconds per code path
+        self.probes: list[Any] = []  # each tick of a probe is one loop wake-up
+
+    @property
+    def ticks(self) -> int:
+        return sum(len(p._lags) for p in self.probes)
+
+    def install(self) -> Callable[[], None]:
+        from asyncpipe import _sampler
+
+        saved = [(Metrics, "__call__"), (Metrics, "snapshot"), (_sampler.ResourceSampler, "sample"),
+                 (_sampler.LoopLagProbe, "__init__")]
+        originals = [(cls, name, getattr(cls, name)) for cls, name in saved]
+        acct = self
+
+        def timed(fn: Callable[..., Any], clock: Callable[[], float], key: str) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                t0 = clock()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    acct.spent[key] += clock() - t0
+            return wrapper
+
+        probe_init = _sampler.LoopLagProbe.__init__
+
+        def keep_probe(probe: Any, *args: Any, **kwargs: Any) -> None:
+            probe_init(probe, *args, **kwargs)
+            acct.probes.append(probe)
+
+        Metrics.__call__ = timed(Metrics.__call__, time.perf_counter, "events")  # type: ignore[method-assign]
+        Metrics.snapshot = timed(Metrics.snapshot, time.perf_counter, "snapshots")  # type: ignore[method-assign]
+        # In its worker thread: count that thread's CPU, not its waits for the GIL.
+        _sampler.ResourceSampler.sample = timed(  # type: ignore[method-assign]
+            _sampler.ResourceSampler.sample, time.thread_time, "psutil")
+        _sampler.LoopLagProbe.__init__ = keep_probe  # type: ignore[method-assign]
+
+        def undo() -> None:
+            for cls, name, fn in originals:
+                setattr(cls, name, fn)
+
+        return undo
+
+
+async def _wake_cost(n: int = 5000) -> float:
+    """Seconds of loop work per timer wake-up (schedule, pop, step the task)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await asyncio.sleep(1e-9)
+    return (time.perf_counter() - t0) / n
+
+
+def _p7_accounted(repeats: int) -> list[dict[str, Any]]:
+    shares: list[float] = []
+    parts: dict[str, list[float]] = {"events": [], "snapshots": [], "psutil": [], "wake-ups": []}
+
+    async def main(pipe: ap.Pipeline) -> None:
+        wake = await _wake_cost()
+        for _ in range(repeats):
+            acct = _Accounting()
+            undo = acct.install()
+            try:
+                gc.collect()
+                c0 = time.process_time()
+                polls = 0
+                handle = pipe.start(range(ITEMS), cache=False)
+
+                async def poll(h: Any) -> None:
+                    nonlocal polls
+                    while True:
+                        await asyncio.sleep(0.1)
+                        polls += 1
+                        h.progress  # noqa: B018 - taking the snapshot is the point
+
+                poller = asyncio.get_running_loop().create_task(poll(handle))
+                await handle
+                poller.cancel()
+                cpu = time.process_time() - c0
+            finally:
+                undo()
+            woken = (acct.ticks + polls) * wake
+            shares.append((sum(acct.spent.values()) + woken) / cpu)
+            for key, spent in (*acct.spent.items(), ("wake-ups", woken)):
+                parts[key].append(spent / cpu)
+
+    with tempfile.TemporaryDirectory() as workdir:
+        asyncio.run(main(_pipeline(workdir)))
+    r = result("P7c monitoring work, % of the run's CPU (direct accounting)", "%",
+               100 * statistics.median(shares), None, None, "<= 10")
+    split = ", ".join(f"{k} {100 * statistics.median(v):.2f}" for k, v in parts.items())
+    r["detail"] = (f"per run {sorted(round(100 * x, 2) for x in shares)} %; median split (% of CPU): {split}")
+    return [r]
+
+
 def _snapshot_cost(repeats: int) -> list[dict[str, Any]]:
     clock = FakeClock()
     m = Metrics(clock=clock)
@@ -178,7 +282,7 @@ def _event_cost(repeats: int) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     repeats = 3 if quick else 9
-    return _p7(repeats) + _snapshot_cost(repeats * 10) + _event_cost(repeats)
+    return _p7(repeats) + _p7_accounted(3) + _snapshot_cost(repeats * 10) + _event_cost(repeats)
 
 
 if __name__ == "__main__":
