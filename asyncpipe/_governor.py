@@ -143,7 +143,7 @@ class ResourceGovernor:
 
             self._rss0 = int(psutil.Process().memory_info().rss)
         if self.memory_budget:
-            self._set(admission, START_CEILING if START_CEILING < admission.max_limit else None,
+            self._set(admission, START_CEILING if admission.max_limit > START_CEILING else None,
                       "memory budget: start with one partition, then ramp up as its size is measured")
 
     # -- one decision

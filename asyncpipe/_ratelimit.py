@@ -41,6 +41,10 @@ BURST_SECONDS = 0.1
 # any rate that needs limiting.
 RECHECK_SECONDS = 0.05
 
+# A token counts as whole when within float rounding of 1: refills summed over many small clock steps
+# (0.1 s as ten 0.01 s steps) otherwise lose a token to rounding now and then.
+_ONE = 1.0 - 1e-9
+
 _UNITS = {
     "": 1.0,
     "s": 1.0,
@@ -182,7 +186,7 @@ class TokenBucket:
         if self._waiters:
             return False
         self._refill()
-        if self._tokens >= 1.0:
+        if self._tokens >= _ONE:
             self._tokens -= 1.0
             return True
         return False
@@ -190,7 +194,7 @@ class TokenBucket:
     def delay(self) -> float:
         """Seconds until one token will be available (0 if one is available now)."""
         self._refill()
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self._rate
+        return 0.0 if self._tokens >= _ONE else (1.0 - self._tokens) / self._rate
 
     async def take(self) -> None:
         """Wait for a token, first come first served; cancelling a waiter takes nothing."""
@@ -203,7 +207,7 @@ class TokenBucket:
                 await fut  # wait until the previous head has its token
             while True:
                 self._refill()
-                if self._tokens >= 1.0:
+                if self._tokens >= _ONE:
                     self._tokens -= 1.0
                     return
                 await self._clock.sleep(min((1.0 - self._tokens) / self._rate, RECHECK_SECONDS))
