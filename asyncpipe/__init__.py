@@ -62,10 +62,15 @@ _EXPORTS: dict[str, str] = {
     "stage": "._stage",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+#: Subpackages reachable as attributes (``ap.io.read_files``, ``ap.executors``...).
+_SUBPACKAGES = ("cache", "executors", "io")
+
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'asyncpipe' has no attribute {name!r}")

@@ -155,23 +155,25 @@ class Run:
 
     def flush_progress(self) -> None:
         for rt in self.stages.values():
-            if not (rt.d_started or rt.d_finished or rt.d_failed or rt.d_cached or rt.durations or rt.running):
+            now = (rt.started, rt.done, rt.failed, rt.cached)
+            last = rt.flushed
+            if now == last and not rt.durations and not rt.running:
                 continue
+            rt.flushed = now
             lim = rt.limiter
             self.publish(
                 StageProgress,
                 stage=rt.name,
-                started=rt.d_started,
-                finished=rt.d_finished,
-                failed=rt.d_failed,
-                cached=rt.d_cached,
+                started=now[0] - last[0],
+                finished=now[1] - last[1],
+                failed=now[2] - last[2],
+                cached=now[3] - last[3],
                 running=rt.running,
                 queued=rt.q.qsize(),
                 limit=int(lim.limit) if lim is not None else rt.conc,
                 total=rt.total,
                 durations=tuple(rt.durations),
             )
-            rt.d_started = rt.d_finished = rt.d_failed = rt.d_cached = 0
             rt.durations = []
 
     async def _flusher(self) -> None:
@@ -256,7 +258,11 @@ class Run:
             out = []
             for rt in stages:
                 code, _ = cache.code_key(rt.ps.stage)
-                opts = repr((rt.ps.kind, rt.ps.stage.options.concat, sorted(rt.params.items())))
+                # what else changes the output: kind, concat, run params, and a callable
+                # object's own settings token (built-in stores: format, headers...)
+                token = getattr(rt.fn, "asyncpipe_cache_token", None)
+                opts = repr((rt.ps.kind, rt.ps.stage.options.concat, sorted(rt.params.items()),
+                             token() if callable(token) else None))
                 out.append((code, opts))
             return out
 

@@ -154,8 +154,6 @@ class ReduceRun(StageRun):
             hit, key, reason, parts = self.cache_key(ALL, flat_keys)
             if hit:
                 self.cached += 1
-                self.d_cached += 1
-                self.d_finished += 1
                 self.done += 1
                 self.records.append((ALL, "cached", 0.0, 0, ""))
                 await self.deliver(ALL, Lazy(self, ALL, key, values), key)

@@ -310,6 +310,9 @@ def _toposort(stages: list[Stage], edges: dict[str, list[str]]) -> list[Stage]:
 
 
 def _resolve(st: Stage, defaults: Mapping[str, Any]) -> StageOptions:
+    if st.kind == "sink" and st.options.cache is DEFAULT:
+        # Sinks always write (idempotently): a deleted table is rewritten by the next run.
+        st = st.with_options(cache=False)
     opts = st.options.merged(defaults)
     executor = opts.executor
     if executor is DEFAULT:

@@ -158,7 +158,7 @@ class _Session:
             if rt.keep:
                 ex = rt.executor
                 kept = {}
-                for k, v in rt.outputs.items():
+                for k, v in rt.outputs:
                     v = await v.get() if type(v) is Lazy else v
                     kept[k] = await ex.fetch(v) if ex.remote and ex.is_ref(v) else v
                 outputs[rt.name] = kept

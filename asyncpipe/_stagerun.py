@@ -9,6 +9,7 @@ sync functions run inline on the loop (yielding every ``YIELD_EVERY`` seconds).
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import random
 from typing import TYPE_CHECKING, Any
@@ -88,17 +89,24 @@ class StageRun:
         self.live = 0
         self.closing = False
         self.keep = False
-        self.outputs: dict[PartitionKey, Any] = {}
+        self.outputs: list[tuple[PartitionKey, Any]] = []
         self.records: list[tuple[Any, ...]] = []
-        # counters: deltas since the last flush, and totals
-        self.d_started = self.d_finished = self.d_failed = self.d_cached = 0
+        # cumulative counters (plain ints: the hot path only increments); the run's
+        # flusher turns them into StageProgress deltas. done counts cache hits too.
+        self.started = self.done = self.failed = self.cached = self.skipped = 0
+        self.flushed = (0, 0, 0, 0)
         self.durations: list[float] = []
-        self.running = 0
-        self.done = self.failed = self.cached = self.skipped = 0
         self.total: int | None = None
         self.rng = random.Random()
         self.fetchers: list[Any] = []
+        self.pending_writes: collections.deque[Any] = collections.deque()
+        self.content_fingerprint = getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
         self.any_fetch = False
+
+    @property
+    def running(self) -> int:
+        """Partitions being computed now (attempts and retry waits included)."""
+        return self.started - (self.done - self.cached) - self.failed
 
     # -- plumbing ---------------------------------------------------------------------
     def start_workers(self, n: int) -> None:
@@ -116,7 +124,7 @@ class StageRun:
     async def deliver(self, pkey: PartitionKey, value: Any, key: str | None) -> None:
         run = self.run
         if self.keep and value is not FAILED:
-            self.outputs[pkey] = value
+            self.outputs.append((pkey, value))
         for ds, slot in self.downstream:
             if run.tracking:
                 run.track(pkey, 1)
@@ -159,9 +167,9 @@ class StageRun:
             while True:
                 if run.paused:
                     await run.resume_event.wait()
-                try:
+                if q.qsize():
                     env = q.get_nowait()
-                except asyncio.QueueEmpty:
+                else:
                     env = await q.get()
                     last_yield = now()
                 if env is STOP:
@@ -172,19 +180,15 @@ class StageRun:
                     await self.deliver(pkey, FAILED, None)
                 elif fast and (self.inline or direct_async) and type(value) is not Lazy:
                     # The hot path, inlined: ~1 us of bookkeeping around the call.
-                    self.d_started += 1
-                    self.running += 1
+                    self.started += 1
                     t0 = now()
                     try:
                         out = fn(value) if self.inline else await fn(value)
                     except Exception as exc:
-                        self.running -= 1
-                        self.d_started -= 1
+                        self.started -= 1  # compute() counts the attempt again
                         out = await self.compute(pkey, (value,), "cache disabled", first=(exc, now() - t0))
                     else:
                         dt = now() - t0
-                        self.running -= 1
-                        self.d_finished += 1
                         self.done += 1
                         self.durations.append(dt)
                         records.append((pkey, "ok", dt, 1, "cache disabled"))
@@ -221,11 +225,16 @@ class StageRun:
         key = parts = None
         reason = "cache disabled"
         if self.cache_on and not (self.is_async_gen or self.is_sync_gen):
+            if self.content_fingerprint is not None:
+                # the item names external data (a file, an object): key on its current version too
+                try:
+                    version = await asyncio.to_thread(self.content_fingerprint, pkey.item)
+                except Exception as exc:  # unreadable now: the call itself will report it
+                    version = f"unavailable:{type(exc).__name__}"
+                keys = (*keys, version)
             hit, key, reason, parts = self.cache_key(pkey, keys)
             if hit:
                 self.cached += 1
-                self.d_cached += 1
-                self.d_finished += 1
                 self.done += 1
                 self.records.append((pkey, "cached", 0.0, 0, ""))
                 if self.run.detail:
@@ -244,9 +253,27 @@ class StageRun:
                     skey = f"{keys[0]}/{sub}"
                 await self.deliver(spkey, part, skey)
             return
+        write = None
         if key is not None:
-            self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
+            write = self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
         await self.deliver(pkey, out, key)
+        if write is not None:
+            await self.bound_writes(write)
+
+    async def bound_writes(self, write: Any) -> None:
+        """Keep at most ``concurrency`` of this stage's cache writes in flight.
+
+        Downstream stages never wait for a write (the value was delivered first); this
+        worker does, when its stage's writes fall behind. It bounds memory held by
+        pending writes and what a crash can lose: computed-but-not-durable partitions
+        per stage <= concurrency.
+        """
+        pending = self.pending_writes
+        pending.append(write)
+        while pending and pending[0].done():
+            pending.popleft()
+        while len(pending) > self.conc:
+            await asyncio.wrap_future(pending.popleft())
 
     def bind_fetchers(self) -> None:
         """Per input slot, the remote executor whose references must be fetched before calling.
@@ -314,8 +341,7 @@ class StageRun:
         first_failed = 0.0
         lim = self.limiter
         clock = run.clock
-        self.d_started += 1
-        self.running += 1
+        self.started += 1
         try:
             while True:
                 attempt += 1
@@ -349,11 +375,11 @@ class StageRun:
                 if lim is not None:
                     lim.release("ok", dt)
                 break
-        finally:
-            self.running -= 1
+        except BaseException:
+            self.started -= 1  # cancelled mid-attempt: no longer running
+            raise
         if self.is_async_gen or self.is_sync_gen:
             out = [(PartitionKey(pkey.index, sub, pkey.item), part) for sub, part in enumerate(out)]
-        self.d_finished += 1
         self.done += 1
         self.durations.append(dt)
         self.records.append((pkey, "ok", dt, attempt, reason))
@@ -404,8 +430,6 @@ class StageRun:
 
     def fail(self, pkey: PartitionKey, exc: BaseException, attempts: int, first: float) -> None:
         self.failed += 1
-        self.d_failed += 1
-        self.d_finished += 0
         self.records.append((pkey, "failed", 0.0, attempts, f"{type(exc).__name__}: {exc}"))
         failure = Failure.from_exception(self.name, pkey, exc, attempts, first, self.run.clock.time())
         self.run.failed(failure)

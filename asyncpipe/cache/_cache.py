@@ -157,11 +157,15 @@ class Cache:
         self._mem.put(key, stage, frozen, nbytes)
         return value
 
-    def store(self, stage: str, key: str, value: Any, parts: KeyParts | None, partition_id: str) -> None:
+    def store(
+        self, stage: str, key: str, value: Any, parts: KeyParts | None, partition_id: str
+    ) -> Future[None] | None:
         """Keep ``value`` in memory and write it to disk in the background. Never raises.
 
         ``parts`` may be None (a recompute after a corrupt entry): the key is then stored
-        without updating the partition's record.
+        without updating the partition's record. Returns the write's future (done when
+        the entry is durable), so the engine can bound the writes in flight per stage;
+        None when nothing was scheduled.
         """
         try:
             frozen = freeze(value)
@@ -184,8 +188,10 @@ class Cache:
             fut = self._writer.submit(self._write, stage, key, frozen, fmt, record, partition_id)
             self._pending[key] = fut
             fut.add_done_callback(functools.partial(self._done, key))
+            return fut
         except Exception as exc:
             self._warn(f"Could not cache stage {stage!r} output: {exc!r}; the run continues.")
+        return None
 
     async def flush(self) -> None:
         """Wait until every stored value is durable on disk; re-emit writer warnings here."""

@@ -177,7 +177,10 @@ class FileSource:
 
     def asyncpipe_fingerprint(self, item: str | FileChunk) -> str:
         """A token that changes when the object changes (ETag, or size + mtime), for cache keys."""
-        url = item.path if isinstance(item, FileChunk) else str(item)
+        chunk = FileChunk(*item) if isinstance(item, tuple) else None
+        url = chunk.path if chunk else str(item)
+        if self._template and chunk is None:
+            url = str(self.urlpath).replace(TEMPLATE, str(item))
         fs, path = self._fs.resolve(url)
         info = fs.info(path)
         token = info.get("ETag") or info.get("etag") or info.get("md5Hash")
