@@ -16,6 +16,9 @@ Also printed (the figures quoted in docs/monitoring.md):
   worst case: every snapshot re-sorts 10 x 512 durations). Goal < 1 ms.
 - aggregator cost per StageProgress event, with a typical 0.1 s flush of 100
   durations and with a huge one of 5,000 durations (the reservoir keeps 512).
+- P7c: the monitoring work itself (Metrics calls, snapshots, psutil samples,
+  probe and poller wake-ups) added up during monitored runs, as a share of the
+  run's CPU time: a cross-check that load from other processes cannot blur.
 
 Run: ``/work/venv/bin/python tests/benchmarks/bench_monitoring.py [--quick]``
 """
@@ -281,7 +284,7 @@ def _event_cost(repeats: int) -> list[dict[str, Any]]:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    repeats = 3 if quick else 9
+    repeats = 3 if quick else 15
     return _p7(repeats) + _p7_accounted(3) + _snapshot_cost(repeats * 10) + _event_cost(repeats)
 
 
