@@ -22,12 +22,19 @@ import it) and pulls in no IPython, ipywidgets, matplotlib, dask or SQLAlchemy.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
+
+# Library code never prints: without a handler configured by the application, records
+# from the "asyncpipe" logger go nowhere (not to stderr through logging's last resort).
+logging.getLogger("asyncpipe").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "ALL": "._partition",
+    "Adaptive": "._adaptive",
+    "ResourceGovernor": "._governor",
     "AsyncpipeError": "._exceptions",
     "AsyncpipeWarning": "._exceptions",
     "CacheError": "._exceptions",
@@ -37,6 +44,16 @@ _EXPORTS: dict[str, str] = {
     "DefinitionError": "._exceptions",
     "EventBus": "._events",
     "Failure": "._deadletter",
+    "Metrics": "._metrics",
+    "MetricsSnapshot": "._metrics",
+    "RunNotFoundError": "._history",
+    "RunRecord": "._history",
+    "StageSnapshot": "._metrics",
+    "TerminalProgress": "._progress",
+    "configure_logging": "._logging",
+    "load_run": "._history",
+    "log_context": "._logging",
+    "runs": "._history",
     "FakeClock": "._clock",
     "Overloaded": "._exceptions",
     "PartitionKey": "._partition",
@@ -84,9 +101,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from ._adaptive import Adaptive
     from ._clock import Clock, FakeClock, SystemClock
+    from ._governor import ResourceGovernor
     from ._deadletter import Failure, read_failures
     from ._events import EventBus
+    from ._history import RunNotFoundError, RunRecord, load_run, runs
+    from ._logging import configure_logging, log_context
+    from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
+    from ._progress import TerminalProgress
     from ._exceptions import (
         AsyncpipeError,
         AsyncpipeWarning,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._clock import Clock, SystemClock
 from ._deadletter import DeadLetter, Failure
 from ._events import Event, EventBus, RunFinished, RunStarted, StageProgress
-from ._exceptions import Overloaded, RunFailed
+from ._exceptions import RunFailed
 from ._joins import JoinRun, ReduceRun
 from ._partition import PartitionKey, item_fingerprint
 from ._stagerun import StageRun
@@ -41,6 +41,8 @@ FLUSH_INTERVAL = 0.1
 #: On cancel, how long to wait for tasks to unwind before giving up on them.
 CANCEL_GRACE = 1.0
 _SIMPLE = (str, bytes, int, float, bool, type(None))
+#: Pseudo-stage name of the governor's admission gate in LimitChanged events.
+ADMISSION = "<admission>"
 
 
 class Run:
@@ -90,6 +92,12 @@ class Run:
         self._tasks: list[asyncio.Task[Any]] = []
         self.stages: dict[str, StageRun] = {}
         self._keep = keep
+        self.governed = pipe.memory_budget is not None
+        self._refs: dict[int, int] = {}
+        self._admission: Any = None
+        self._governor: Any = None
+        #: called just before the final progress flush and RunFinished (monitors flush here)
+        self.before_finish: list[Callable[[], None]] = []
 
     # -- construction ------------------------------------------------------------------
     def _executor(self, spec: Any) -> Executor:
@@ -101,19 +109,36 @@ class Run:
             self._executors[spec] = create_executor(spec)
         return self._executors[spec]
 
-    def _limiter(self, ps: Any) -> Any:
+    def _limiter(self, ps: Any, *, force: bool = False) -> Any:
+        """A stage's Limiter, only where something can change its limit: adaptive
+        concurrency, a rate, or the resource governor (CPU-heavy stages). Static
+        stages run without one (their worker count is the limit)."""
         if ps.kind == "reduce":
             return None
         adaptive = not isinstance(ps.concurrency, int)
-        if not adaptive and ps.rate is None:
+        cpu_heavy = self.governed and ps.executor in ("thread", "auto", "process")
+        if not (adaptive or ps.rate is not None or cpu_heavy or force):
             return None
         from ._limiter import Limiter
 
         return Limiter(ps.name, concurrency=ps.concurrency, rate=ps.rate, clock=self.clock, on_change=self._limit_changed)
 
+    def ensure_limiter(self, stage: str) -> Any:
+        """The stage's Limiter, created on demand so limits can change at runtime."""
+        rt = self.stages[stage]
+        if rt.limiter is None:
+            if rt.kind == "reduce":
+                raise ValueError(f"Stage {stage!r} is a reduce: it has no concurrency to change.")
+            lim = self._limiter(rt.ps, force=True)
+            lim.set_concurrency(rt.conc, reason="initial")
+            rt.limiter = lim
+        return rt.limiter
+
     def _limit_changed(self, stage: str, kind: str, old: Any, new: Any, reason: str) -> None:
         from ._events import LimitChanged
 
+        if stage == ADMISSION:
+            kind = "admission"
         self.publish(LimitChanged, stage=stage, kind=kind, old=old, new=new, reason=reason)
         rt = self.stages.get(stage)
         if rt is not None and kind == "concurrency" and rt.limiter is not None and not rt.closing:
@@ -171,10 +196,28 @@ class Run:
                 running=rt.running,
                 queued=rt.q.qsize(),
                 limit=int(lim.limit) if lim is not None else rt.conc,
-                total=rt.total,
+                total=self.expected(rt),
                 durations=tuple(rt.durations),
             )
             rt.durations = []
+
+    def expected(self, rt: StageRun) -> int | None:
+        """How many partitions ``rt`` will see, when known: a source's input count; a
+        reduce's 1; otherwise its upstream's expected count less what failed there."""
+        if rt.kind == "source":
+            return None if rt.is_async_gen or rt.is_sync_gen else rt.total
+        if rt.kind == "reduce":
+            return 1
+        counts = []
+        for name in rt.slots:
+            up = self.stages[name]
+            if up.kind == "reduce":
+                continue
+            n = self.expected(up)
+            if n is None:
+                return None
+            counts.append(n - up.failed - up.skipped)
+        return min(counts) if counts else 1
 
     async def _flusher(self) -> None:
         while True:
@@ -185,7 +228,18 @@ class Run:
         return self._classify(exc)
 
     def track(self, pkey: PartitionKey, delta: int) -> None:
-        """Admission accounting (only while a governor is on); see ``_governor``."""
+        """Admission accounting while the governor is on: an input item holds one
+        admission permit until every envelope of its partitions has been consumed."""
+        index = pkey.index
+        if index < 0:
+            return
+        refs = self._refs
+        left = refs.get(index, 0) + delta
+        if left > 0:
+            refs[index] = left
+        else:
+            refs.pop(index, None)
+            self._admission.release("ok")
 
     # -- failures ----------------------------------------------------------------------
     def failed(self, failure: Failure) -> None:
@@ -224,6 +278,11 @@ class Run:
                 simple = isinstance(item, _SIMPLE)
                 key = item_fingerprint(item) if simple else await asyncio.to_thread(item_fingerprint, item)
             env = (pkey, item, key)
+            if self.tracking:
+                adm = self._admission
+                if not adm.try_acquire():
+                    await adm.acquire()
+                self._refs[pkey.index] = len(sources)
             for rt in sources:
                 q = rt.q
                 if q.full():
@@ -284,6 +343,8 @@ class Run:
             await self._open_cache()
             self._done = loop.create_future()
             self._open = len(self.stages)
+            if self.governed:
+                self._start_governor(loop)
             for rt in self.stages.values():
                 rt.start_workers(rt.conc)
                 self._tasks.extend(rt.workers)
@@ -305,11 +366,29 @@ class Run:
         finally:
             await self._shutdown(cancel=self.status == "cancelled" or self.error is not None)
             self.finished_at = self.clock.time()
+            for hook in self.before_finish:
+                try:
+                    hook()
+                except Exception:
+                    _log.exception("run %s: a before-finish hook failed", self.run_id)
             self.flush_progress()
             if cancelled:
                 self.status = "cancelled"
             self.publish(RunFinished, status=self.status, n_failures=len(self.failures),
                          error=None if self.error is None else f"{type(self.error).__name__}: {self.error}")
+
+    def _start_governor(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ._governor import ResourceGovernor
+        from ._limiter import Limiter
+
+        sources = [rt for rt in self.stages.values() if rt.kind == "source"]
+        fan_out = max(1, sum(rt.conc for rt in sources))
+        self._admission = Limiter(ADMISSION, concurrency=fan_out, clock=self.clock, on_change=self._limit_changed)
+        self._governor = ResourceGovernor(memory_budget=self.pipe.memory_budget, clock=self.clock)
+        heavy = [rt.limiter for rt in self.stages.values() if rt.limiter is not None and rt.ps.executor != "async"]
+        self._governor.attach(self._admission, heavy)  # before the first item: it measures the baseline
+        self.tracking = True
+        self._tasks.append(loop.create_task(self._governor.run(), name="asyncpipe:governor"))
 
     async def _watch(self, done: asyncio.Future[None]) -> None:
         """Wait for the run to finish; a crashed engine task fails the run at once."""
@@ -360,8 +439,6 @@ class Run:
 
 
 def _default_classify(exc: BaseException) -> str:
-    if isinstance(exc, Overloaded):
-        return "overload"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "error"
+    from ._limiter import classify
+
+    return classify(exc)

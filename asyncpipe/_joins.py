@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from ._exceptions import StageError
+from ._logging import set_partition, set_task_context
 from ._partition import ALL, PartitionKey
 from ._stagerun import FAILED, STOP, Lazy, StageRun
 
@@ -96,6 +97,7 @@ class JoinRun(StageRun):
 
     async def worker(self) -> None:
         q, run = self.q, self.run
+        set_task_context(run.run_id, self.name)
         try:
             while True:
                 if run.paused:
@@ -104,9 +106,11 @@ class JoinRun(StageRun):
                 if env is STOP:
                     break
                 pkey, values, keys = env
+                set_partition(pkey)
                 await self.handle(pkey, values, keys)
                 if run.tracking:
                     run.track(pkey, -1)
+                env = values = None  # an idle worker keeps no partition alive
         finally:
             self.live -= 1
         if self.live == 0:

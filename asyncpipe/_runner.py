@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._engine import Run
+from ._history import new_run_id
 from ._events import Event, EventBus
 from ._exceptions import AsyncpipeError, DefinitionError, RunCancelled
 from ._partition import PartitionKey
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["RunHandle", "run_pipeline", "run_pipeline_sync", "start_pipeline"]
 
 _CACHES: dict[str, Any] = {}
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def open_cache(pipe: Pipeline, cache: Any) -> Any:
@@ -78,14 +73,12 @@ class _Session:
         on_event: Callable[[Event], None] | None = options.get("on_event")
         if on_event is not None:
             self.bus.subscribe(on_event, partition_events=bool(options.get("partition_events")))
-        if options.get("monitor", True):
-            try:
-                from ._metrics import Metrics
-            except ImportError:
-                Metrics = None  # noqa: N806
-            if Metrics is not None:
-                self.metrics = Metrics()
-                self.bus.subscribe(self.metrics)
+        if options.get("monitor", True) or options.get("progress"):
+            from ._metrics import Metrics
+
+            clock = options.get("clock")
+            self.metrics = Metrics(clock=clock) if clock is not None else Metrics()
+            self.bus.subscribe(self.metrics)
         overrides = dict(options.get("params") or {})
         for name in overrides:
             if name not in pipe.params:
@@ -102,7 +95,7 @@ class _Session:
         self.run = Run(
             pipe,
             None,
-            run_id=new_run_id(),
+            run_id=new_run_id(options.get("clock")),
             params=params,
             cache=None,
             fail_fast=pipe.fail_fast if fail_fast is None else fail_fast,
@@ -136,18 +129,26 @@ class _Session:
     async def _start_monitors(self) -> list[asyncio.Task[Any]]:
         if not self.options.get("monitor", True):
             return []
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            from ._sampler import LoopLagProbe, ResourceSampler
-        except ImportError:
-            return tasks
+        from ._sampler import LoopLagProbe, ResourceSampler
+
         run = self.run
         assert run is not None
         self.probe = LoopLagProbe(self.bus.publish, run.run_id)
         self.sampler = ResourceSampler(self.bus.publish, run.run_id)
         loop = asyncio.get_running_loop()
-        tasks.append(loop.create_task(self.probe.run(), name="asyncpipe:lag"))
-        tasks.append(loop.create_task(self.sampler.run(), name="asyncpipe:resources"))
+        tasks = [
+            loop.create_task(self.probe.run(), name="asyncpipe:lag"),
+            loop.create_task(self.sampler.run(), name="asyncpipe:resources"),
+        ]
+
+        def stop_monitors() -> None:
+            # before RunFinished: nothing may be published after it, and the last
+            # half second of loop lag must still reach the metrics
+            for t in tasks:
+                t.cancel()
+            self.probe.flush()
+
+        run.before_finish.append(stop_monitors)
         return tasks
 
     async def result(self) -> RunResult:
@@ -288,6 +289,26 @@ class RunHandle:
         assert run is not None
         return {
             name: {"done": rt.done, "cached": rt.cached, "failed": rt.failed, "running": rt.running}
+            for name, rt in run.stages.items()
+        }
+
+    def set_concurrency(self, stage: str, n: Any, reason: str = "user") -> None:
+        """Change a stage's concurrency now (an int, or "adaptive"), without restarting."""
+        assert self._session.run is not None
+        self._session.run.ensure_limiter(stage).set_concurrency(n, reason=reason)
+
+    def set_rate(self, stage: str, rate: Any, reason: str = "user") -> None:
+        """Change a stage's rate limit now ("100/s", "30/min", a number, or None = off)."""
+        assert self._session.run is not None
+        self._session.run.ensure_limiter(stage).set_rate(rate, reason=reason)
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Current concurrency limit and rate per stage."""
+        run = self._session.run
+        assert run is not None
+        return {
+            name: {"concurrency": int(rt.limiter.limit) if rt.limiter else rt.conc,
+                   "rate": rt.limiter.rate if rt.limiter else None}
             for name, rt in run.stages.items()
         }
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._deadletter import Failure
 from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
 from ._exceptions import CacheError, SerializationError, StageError
+from ._logging import set_partition, set_task_context
 from ._partition import ALL, PartitionKey
 
 if TYPE_CHECKING:
@@ -153,11 +154,13 @@ class StageRun:
 
     async def worker(self) -> None:
         q, run = self.q, self.run
+        set_task_context(run.run_id, self.name)  # log records from this worker carry run and stage
         now = run.clock.now
         fast = self.fast_path()
         fn = self.fn
         direct_async = self.mode == "async"
         records = self.records
+        out: Any = None
         # one plain downstream queue and nothing kept: deliver without a coroutine call
         solo = self.downstream[0][0].inbox if len(self.downstream) == 1 and self.downstream[0][1] is None else None
         if self.keep:
@@ -175,10 +178,11 @@ class StageRun:
                 if env is STOP:
                     break
                 pkey, value, key = env
+                set_partition(pkey)
                 if value is FAILED:
                     self.skipped += 1
                     await self.deliver(pkey, FAILED, None)
-                elif fast and (self.inline or direct_async) and type(value) is not Lazy:
+                elif fast and (self.inline or direct_async) and type(value) is not Lazy and self.limiter is None:
                     # The hot path, inlined: ~1 us of bookkeeping around the call.
                     self.started += 1
                     t0 = now()
@@ -205,6 +209,9 @@ class StageRun:
                     await self.handle(pkey, (value,), (key,))
                 if run.tracking:
                     run.track(pkey, -1)
+                # drop references before waiting for the next item: an idle worker must
+                # not keep its last partition alive (memory is O(in flight), not O(workers))
+                env = value = out = None
                 if now() - last_yield > YIELD_EVERY:
                     await asyncio.sleep(0)
                     last_yield = now()

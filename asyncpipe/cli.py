@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from ._logging import configure_logging
+
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
     return int(args.func(args) or 0)
 
 
