@@ -105,7 +105,6 @@ class DaskExecutor(Executor):
         self._scattered: dict[int, Future] = {}
         self._live: weakref.WeakSet[Future] = weakref.WeakSet()
         self._late: dict[Any, Any] = {}
-        self._closed = False
 
     # -- connection -------------------------------------------------------------------
     @property
@@ -154,7 +153,6 @@ class DaskExecutor(Executor):
             self._own_client = True
         self._loop = loop
         self._scattered.clear()
-        self._closed = False
 
     # -- the executor contract ----------------------------------------------------------
     def prepare(self, fn: Callable[..., Any], stage: str, concurrency: int) -> None:
@@ -231,11 +229,12 @@ class DaskExecutor(Executor):
     async def aclose(self, *, cancel: bool = False) -> None:
         """Cancel (``cancel=True``) what this executor submitted, and close what it opened.
 
-        A cluster this executor started is closed; values still referenced by the
-        run are brought back first (unless cancelling), so fetching them afterwards
-        works. A user's client and cluster are never closed.
+        A cluster or connection this executor opened is closed; values still referenced
+        by the run are brought back first (unless cancelling), so fetching them
+        afterwards works. A user's client and cluster are never closed; the executor
+        reconnects if it is used again.
         """
-        client, self._closed = self._client, True
+        client = self._client
         if client is None or self._loop is not asyncio.get_running_loop():
             return
         live = [f for f in list(self._live) if f.key not in self._late]
@@ -243,7 +242,9 @@ class DaskExecutor(Executor):
             await client.cancel(live, force=True)
         if not self._own_client:
             return
-        if not cancel and live and self._cluster is not None:
+        if not cancel and live:
+            # Closing our connection releases every future it made, but the engine may still
+            # fetch kept outputs after closing executors: bring those values back first.
             done = [f for f in live if f.status == "finished"]
             values = await client.gather(done, errors="skip")
             self._late.update(zip([f.key for f in done], values, strict=False))

@@ -113,19 +113,33 @@ async def _main(quick: bool) -> list[dict[str, Any]]:
 
     repeats = 3
     n_tiny = 500 if quick else 2000
-    async with LocalCluster(
-        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None, asynchronous=True
-    ) as cluster:
-        async with DaskExecutor(address=cluster.scheduler_address) as ex:
-            await ex.client.wait_for_workers(2)
-            await ex.client.run(burn, 0.01)  # warm both workers
-            serial, dask = await _speedup(ex, 16, repeats)
-            raw, ours = await _overhead(ex, n_tiny, repeats)
+    async with (
+        LocalCluster(
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None, asynchronous=True
+        ) as cluster,
+        DaskExecutor(address=cluster.scheduler_address) as ex,
+    ):
+        await ex.client.wait_for_workers(2)
+        await ex.client.run(burn, 0.01)  # warm both workers
+        serial, dask = await _speedup(ex, 16, repeats)
+        raw, ours = await _overhead(ex, n_tiny, repeats)
     return [
-        result("P9-speedup", "speedup (serial s / asyncpipe-on-dask s), 16 x 0.25 s CPU, 2 workers",
-               serial / dask, None, None, ">= 1.7"),
-        result("P9-overhead", f"wall s per partition, {n_tiny} tiny partitions", ours / n_tiny,
-               "raw client.submit + gather", raw / n_tiny, "<= 1.25"),
+        result(
+            "P9-speedup",
+            "speedup (serial s / asyncpipe-on-dask s), 16 x 0.25 s CPU, 2 workers",
+            serial / dask,
+            None,
+            None,
+            ">= 1.7",
+        ),
+        result(
+            "P9-overhead",
+            f"wall s per partition, {n_tiny} tiny partitions",
+            ours / n_tiny,
+            "raw client.submit + gather",
+            raw / n_tiny,
+            "<= 1.25",
+        ),
     ]
 
 

@@ -254,6 +254,45 @@ def test_cancel_leaves_no_task_on_the_scheduler(cluster, tmp_path):
     assert asyncio.run(inspect_after()) == []
 
 
+def test_default_client_is_used_and_kept_outputs_come_back(cluster):
+    @ap.source(executor="dask")
+    def where(i):
+        return (os.getpid(), i)
+
+    with distributed.Client(cluster.scheduler_address, set_as_default=True) as client:
+        worker_pids = set(client.run(os.getpid).values())
+        # run_sync: a private loop in a thread; the run connects to the default client's
+        # scheduler there, and closes that connection (not the user's client) at the end.
+        res = ap.Pipeline([where], name="default-client", cache=False).run_sync(range(6))
+        assert [i for _, i in res.output()] == list(range(6))
+        assert {pid for pid, _ in res.output()} <= worker_pids
+        assert client.status == "running"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: ReduceRun._prepare fetches only the first partition of a remote upstream "
+    "(zip over per-slot fetchers); fix proposed in the Dask report",
+)
+@pytest.mark.asyncio
+async def test_local_reduce_after_a_dask_stage_gets_every_partition(cluster):
+    import pandas as pd
+
+    @ap.source(executor="dask")
+    def frame(i):
+        return pd.DataFrame({"i": [i]})
+
+    @ap.reduce(concat=True)
+    def together(frame):
+        return sorted(frame["i"])
+
+    async with DaskExecutor(address=cluster.scheduler_address) as ex:
+        res = await ap.Pipeline([frame, together], name="local-reduce", cache=False).run(
+            range(5), executors={"dask": ex}
+        )
+    assert res.output() == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.asyncio
 async def test_user_executor_cancel_and_timeout_release_their_tasks(cluster):
     ex = DaskExecutor(address=cluster.scheduler_address)
