@@ -156,4 +156,4 @@ def _floor_at_zero(ax: Any) -> None:
     lo, hi = ax.get_ylim()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return
-    ax.set_ylim(0.0, max(hi, 1.0))
+    ax.set_ylim(0.0, max(hi, 1.0), auto=True)  # auto=True: keep autoscaling for the next frame

@@ -39,10 +39,10 @@ class StageRow:
         self.name = name
         self.label = w.HTML(f"<b>{html.escape(name)}</b>", layout=w.Layout(width="140px"))
         self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
-                                   layout=w.Layout(width="30%"))
+                                   layout=w.Layout(width="25%", min_width="120px"))
         self.bar.add_class("asyncpipe-progress")
         self.pct = w.HTML("0%", layout=w.Layout(width="48px"))
-        self.stats = w.HTML("", layout=w.Layout(width="auto"))
+        self.stats = w.HTML("", layout=w.Layout(flex="1 1 auto"))
         self.widgets = (self.label, self.bar, self.pct, self.stats)
         self.widget = w.HBox(list(self.widgets))
 
@@ -72,7 +72,8 @@ def stage_stats(s: Any, total: int | None) -> str:
     parts.append(f"limit {'-' if s.limit is None else s.limit}")
     if s.rate is not None:
         parts.append(f"rate {s.rate:g}/s")
-    return "<span style='font-family:monospace;font-size:12px'>" + " · ".join(parts) + "</span>"
+    style = "font-family:monospace;font-size:12px;white-space:nowrap"
+    return f"<span style='{style}'>" + " · ".join(parts) + "</span>"
 
 
 def estimated_totals(plan: Any, snap: Any) -> dict[str, int | None]:

@@ -33,6 +33,18 @@ def test_series_reach_the_artists():
     assert lo == 0.0 and hi >= 8.0
 
 
+def test_axes_keep_autoscaling_from_frame_to_frame():
+    charts = LiveCharts(["fetch", "parse"])
+    charts.record(_snap(0.5, 0.5, limit=1, cpu=10.0))
+    charts.render(charts.frame())
+    charts.record(_snap(1.0, 50.0, limit=32, cpu=180.0))
+    charts.render(charts.frame())
+    assert charts.axes["throughput"].get_ylim()[1] >= 100.0
+    assert charts.axes["limit"].get_ylim()[1] >= 32
+    assert charts.axes["cpu"].get_ylim()[1] >= 180.0
+    assert charts.axes["throughput"].get_ylim()[0] == 0.0
+
+
 def test_missing_values_are_gaps_not_errors():
     charts = LiveCharts(["fetch", "parse"])
     charts.record(_snap(0.1, 1.0, limit=None, cpu=None, rss=None))
