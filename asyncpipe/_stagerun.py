@@ -30,7 +30,7 @@ FAILED: Any = object()  # value of a partition that failed upstream
 
 #: An inline worker gives the loop a turn after this long, so a stream of cheap items
 #: never holds the loop for more than ~2 ms (the loop-stall budget is 20 ms worst).
-YIELD_EVERY = 0.002
+YIELD_EVERY = 0.0005
 #: "auto" sync stages: probe this many calls in a thread; if every one took less than
 #: INLINE_MAX seconds, run the rest inline (a thread hop costs ~150 µs, 10-50x a cheap call).
 AUTO_PROBES = 8
