@@ -340,6 +340,8 @@ class Run:
         cancelled = False
         try:
             self._build()
+            for ex in {id(rt.executor): rt.executor for rt in self.stages.values()}.values():
+                await ex.start()  # e.g. a LocalCluster: not counted against any timeout=
             await self._open_cache()
             self._done = loop.create_future()
             self._open = len(self.stages)
@@ -410,7 +412,13 @@ class Run:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_GRACE)
-        closers = [ex.aclose(cancel=cancel) for ex in self._executors.values()]
+        closers = []
+        if cancel:
+            # abandon work still running; remote executors the user passed in cancel
+            # their futures too (finished ones would otherwise linger on the cluster)
+            closers += [ex.aclose(cancel=True) for ex in self._executors.values()]
+            closers += [ex.aclose(cancel=True) for ex in self._user_executors.values() if ex.remote]
+            self._executors = {}
         for rt in self.stages.values():
             aclose = getattr(rt.fn, "aclose", None)
             if aclose is not None:
@@ -423,6 +431,15 @@ class Run:
                 _log.warning("run %s: error while closing: %r", self.run_id, res)
         if self._deadletter is not None:
             await asyncio.to_thread(self._deadletter.close)
+
+    async def close_executors(self) -> None:
+        """Release the executors this run created, after the result has been collected
+        (remote executors must stay connected until kept outputs are fetched)."""
+        owned, self._executors = self._executors, {}
+        results = await asyncio.gather(*[ex.aclose() for ex in owned.values()], return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException):
+                _log.warning("run %s: error while closing an executor: %r", self.run_id, res)
 
     # -- control -----------------------------------------------------------------------
     def pause(self) -> None:

@@ -174,10 +174,20 @@ class ReduceRun(StageRun):
         await self.deliver(ALL, out, key if out is not FAILED else None)
 
     async def _prepare(self, values: tuple[list[Any], ...]) -> tuple[Any, ...]:
-        """Load/fetch every partition; concatenate in a thread when ``concat=True``."""
-        resolved: list[Any] = [list(await self.resolve(tuple(part))) for part in values]
+        """Load/fetch every partition of every input; concatenate when ``concat=True``
+        (on the cluster when this reduce runs on a remote executor)."""
+        resolved: list[Any] = []
+        for slot, part in enumerate(values):
+            part = [await v.get() if type(v) is Lazy else v for v in part]
+            fetcher = self.fetchers[slot] if self.fetchers else None
+            if fetcher is not None:  # fetched concurrently: Dask merges them into one gather
+                part = list(await asyncio.gather(*[_fetch(fetcher, v) for v in part]))
+            resolved.append(part)
         if self.ps.stage.options.concat:
-            resolved = [await asyncio.to_thread(_concat, part, self.name) for part in resolved]
+            if self.executor.remote:
+                resolved = [await self.executor.submit(_concat, (part, self.name), {}) for part in resolved]
+            else:
+                resolved = [await asyncio.to_thread(_concat, part, self.name) for part in resolved]
         return tuple(resolved)
 
     async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
@@ -186,6 +196,10 @@ class ReduceRun(StageRun):
             raise StageError(f"Stage {self.name!r} failed recomputing", stage=self.name, partition=ALL)
         self.run.cache.store(self.name, key, out, None, ALL.id)
         return out
+
+
+async def _fetch(executor: Any, value: Any) -> Any:
+    return await executor.fetch(value) if executor.is_ref(value) else value
 
 
 def _concat(parts: list[Any], stage: str) -> Any:

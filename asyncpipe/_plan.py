@@ -14,7 +14,10 @@ __all__ = ["Plan", "PlannedStage"]
 #: Default concurrency per executor. Async stages wait on I/O, so many can be in flight;
 #: threads and processes do real work, so about one per core (at least 4 threads,
 #: since sync stages are often blocking I/O as well).
-DEFAULT_CONCURRENCY = {"async": 16, "thread": 4, "auto": 4, "inline": 1}
+DEFAULT_CONCURRENCY = {"async": 16, "thread": 4, "auto": 4, "inline": 1,
+                       # dask: enough futures in flight to hide scheduler round trips
+                       # (a 400-partition sweep: 2 -> 3.6x raw futures, 8-128 -> 1.1-1.5x)
+                       "dask": 64}
 
 
 @dataclass(frozen=True)

@@ -120,11 +120,14 @@ class _Session:
         run.cache = await asyncio.to_thread(open_cache, self.pipe, self.options.get("cache", DEFAULT))
         monitors = await self._start_monitors()
         try:
-            await run.execute()
+            try:
+                await run.execute()
+            finally:
+                for t in monitors:
+                    t.cancel()
+            return await self.result()
         finally:
-            for t in monitors:
-                t.cancel()
-        return await self.result()
+            await run.close_executors()
 
     async def _start_monitors(self) -> list[asyncio.Task[Any]]:
         if not self.options.get("monitor", True):
@@ -157,17 +160,18 @@ class _Session:
         outputs: dict[str, dict[PartitionKey, Any]] = {}
         for rt in run.stages.values():
             if rt.keep:
-                ex = rt.executor
-                kept = {}
-                for k, v in rt.outputs:
-                    v = await v.get() if type(v) is Lazy else v
-                    kept[k] = await ex.fetch(v) if ex.remote and ex.is_ref(v) else v
-                outputs[rt.name] = kept
+                outputs[rt.name] = dict(zip(
+                    [k for k, _ in rt.outputs],
+                    await asyncio.gather(*[_materialize(rt.executor, v) for _, v in rt.outputs]),
+                    strict=True,
+                ))
+                rt.outputs.clear()
         summaries = tuple(
             StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records))
             for rt in run.stages.values()
         )
-        series = self.metrics.series() if self.metrics is not None and hasattr(self.metrics, "series") else None
+        # the metrics stopped changing with RunFinished: build the frame off the loop
+        series = await asyncio.to_thread(self.metrics.series) if self.metrics is not None else None
         probe = getattr(self, "probe", None)
         result = RunResult(
             run_id=run.run_id,
@@ -186,6 +190,15 @@ class _Session:
         )
         await asyncio.to_thread(_save_record, result, run)
         return result
+
+
+async def _materialize(executor: Any, value: Any) -> Any:
+    """A kept output as a value in this process: loaded from the cache, or fetched."""
+    if type(value) is Lazy:
+        value = await value.get()
+    if executor.remote and executor.is_ref(value):
+        value = await executor.fetch(value)
+    return value
 
 
 _RUN_OPTIONS = frozenset(

@@ -17,7 +17,33 @@ from typing import Any
 
 from ._base import Executor
 
-__all__ = ["Executor", "create_executor", "executor_names", "register_executor"]
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "ProcessExecutor",
+    "ThreadExecutor",
+    "cluster_sample",
+    "create_executor",
+    "executor_names",
+    "register_executor",
+    "worker_memory",
+]
+
+_LAZY = {
+    "DaskExecutor": "asyncpipe.executors._dask",
+    "cluster_sample": "asyncpipe.executors._dask",
+    "worker_memory": "asyncpipe.executors._dask",
+    "ProcessExecutor": "asyncpipe.executors._process",
+    "ThreadExecutor": "asyncpipe.executors._local",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Executors with heavy dependencies (dask, loky) import on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncpipe.executors' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 _REGISTRY: dict[str, str | Callable[..., Executor]] = {
     "async": "asyncpipe.executors._local:AsyncExecutor",

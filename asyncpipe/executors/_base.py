@@ -23,6 +23,9 @@ class Executor:
     inline: ClassVar[bool] = False
     remote: ClassVar[bool] = False
 
+    async def start(self) -> None:
+        """Called once per run before the first partition (start clusters, connect)."""
+
     def prepare(self, fn: Callable[..., Any], stage: str, concurrency: int) -> None:
         """Called once per stage before the run starts (size pools, ship functions)."""
 

@@ -269,11 +269,6 @@ def test_default_client_is_used_and_kept_outputs_come_back(cluster):
         assert client.status == "running"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: ReduceRun._prepare fetches only the first partition of a remote upstream "
-    "(zip over per-slot fetchers); fix proposed in the Dask report",
-)
 @pytest.mark.asyncio
 async def test_local_reduce_after_a_dask_stage_gets_every_partition(cluster):
     import pandas as pd
