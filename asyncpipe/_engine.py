@@ -182,9 +182,11 @@ class Run:
         for rt in self.stages.values():
             now = (rt.started, rt.done, rt.failed, rt.cached)
             last = rt.flushed
-            if now == last and not rt.durations and not rt.running:
+            if now == last and not rt.running:
                 continue
             rt.flushed = now
+            fresh = rt.records[rt.flushed_records:]
+            rt.flushed_records += len(fresh)
             lim = rt.limiter
             self.publish(
                 StageProgress,
@@ -197,9 +199,8 @@ class Run:
                 queued=rt.q.qsize(),
                 limit=int(lim.limit) if lim is not None else rt.conc,
                 total=self.expected(rt),
-                durations=tuple(rt.durations),
+                durations=tuple(r[2] for r in fresh if r[1] == "ok"),
             )
-            rt.durations = []
 
     def expected(self, rt: StageRun) -> int | None:
         """How many partitions ``rt`` will see, when known: a source's input count; a
@@ -347,6 +348,8 @@ class Run:
             self._open = len(self.stages)
             if self.governed:
                 self._start_governor(loop)
+            for rt in self.stages.values():
+                rt.finalize()
             for rt in self.stages.values():
                 rt.start_workers(rt.conc)
                 self._tasks.extend(rt.workers)

@@ -160,11 +160,13 @@ class _Session:
         outputs: dict[str, dict[PartitionKey, Any]] = {}
         for rt in run.stages.values():
             if rt.keep:
-                outputs[rt.name] = dict(zip(
-                    [k for k, _ in rt.outputs],
-                    await asyncio.gather(*[_materialize(rt.executor, v) for _, v in rt.outputs]),
-                    strict=True,
-                ))
+                kept = dict(rt.outputs)
+                ex = rt.executor
+                pending = [k for k, v in kept.items() if type(v) is Lazy or (ex.remote and ex.is_ref(v))]
+                if pending:  # load/fetch concurrently (Dask merges fetches into one gather)
+                    values = await asyncio.gather(*[_materialize(ex, kept[k]) for k in pending])
+                    kept.update(zip(pending, values, strict=True))
+                outputs[rt.name] = kept
                 rt.outputs.clear()
         summaries = tuple(
             StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records))

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 from ._deadletter import Failure
 from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
 from ._exceptions import CacheError, SerializationError, StageError
-from ._logging import set_partition, set_task_context
+from ._logging import set_task_context
+from ._logging import _partition as _partition_var
+
+set_partition = _partition_var.set  # a bound method: no Python call layer on the hot path
 from ._partition import ALL, PartitionKey
 
 if TYPE_CHECKING:
@@ -96,13 +99,14 @@ class StageRun:
         # flusher turns them into StageProgress deltas. done counts cache hits too.
         self.started = self.done = self.failed = self.cached = self.skipped = 0
         self.flushed = (0, 0, 0, 0)
-        self.durations: list[float] = []
+        self.flushed_records = 0  # records already reported in a StageProgress
         self.total: int | None = None
         self.rng = random.Random()
         self.fetchers: list[Any] = []
         self.pending_writes: collections.deque[Any] = collections.deque()
         self.content_fingerprint = getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
         self.any_fetch = False
+        self._fusable = False
 
     @property
     def running(self) -> int:
@@ -162,9 +166,8 @@ class StageRun:
         records = self.records
         out: Any = None
         # one plain downstream queue and nothing kept: deliver without a coroutine call
-        solo = self.downstream[0][0].inbox if len(self.downstream) == 1 and self.downstream[0][1] is None else None
-        if self.keep:
-            solo = None
+        solo_rt = self.downstream[0][0] if len(self.downstream) == 1 and self.downstream[0][1] is None else None
+        solo = solo_rt.inbox if solo_rt is not None and not self.keep else None
         last_yield = now()
         try:
             while True:
@@ -178,7 +181,7 @@ class StageRun:
                 if env is STOP:
                     break
                 pkey, value, key = env
-                set_partition(pkey)
+                set_partition(pkey)  # log records from the stage carry the partition
                 if value is FAILED:
                     self.skipped += 1
                     await self.deliver(pkey, FAILED, None)
@@ -194,12 +197,13 @@ class StageRun:
                     else:
                         dt = now() - t0
                         self.done += 1
-                        self.durations.append(dt)
                         records.append((pkey, "ok", dt, 1, "cache disabled"))
                         if self.inline and dt > INLINE_BAIL and self.mode == "inline-auto":
                             self.inline, self.mode = False, "thread"
                     if solo is not None and out is not FAILED and not run.tracking:
-                        if solo.full():
+                        if solo_rt.fusable and solo_rt.inline and solo_rt.limiter is None:
+                            await self.fused(solo_rt, pkey, out)
+                        elif solo.full():
                             await solo.put((pkey, out, None))
                         else:
                             solo.put_nowait((pkey, out, None))
@@ -219,6 +223,44 @@ class StageRun:
             self.live -= 1
         if self.live == 0:
             await self.run.stage_closed(self)
+
+    @property
+    def fusable(self) -> bool:
+        """Can an upstream worker call this stage directly instead of queueing to it?
+
+        Only for inline stages on the plain path (no cache, limiter, timeout, retries
+        state, joins): the call would run on the loop thread either way, so skipping
+        the queue hop changes nothing but the ~2 us it costs. Re-read per item:
+        "auto" stages become inline (and may leave it) during the run.
+        """
+        return self._fusable and self.inline
+
+    async def fused(self, ds: StageRun, pkey: PartitionKey, value: Any) -> None:
+        """Run a chain of fusable inline stages on ``value`` right here, then queue the
+        last result onward. A failing call falls back to that stage's normal path."""
+        now = self.run.clock.now
+        stage = self
+        while True:
+            ds.started += 1
+            t0 = now()
+            try:
+                out = ds.fn(value)
+            except Exception as exc:
+                ds.started -= 1
+                out = await ds.compute(pkey, (value,), "cache disabled", first=(exc, now() - t0))
+                await ds.deliver(pkey, out, None)
+                return
+            dt = now() - t0
+            ds.done += 1
+            ds.records.append((pkey, "ok", dt, 1, "cache disabled"))
+            if dt > INLINE_BAIL and ds.mode == "inline-auto":
+                ds.inline, ds.mode = False, "thread"
+            stage, value = ds, out
+            nxt = stage.downstream[0][0] if len(stage.downstream) == 1 and stage.downstream[0][1] is None else None
+            if nxt is None or stage.keep or not nxt.fusable or nxt.limiter is not None:
+                break
+            ds = nxt
+        await stage.deliver(pkey, value, None)
 
     # -- one partition ----------------------------------------------------------------
     def cache_key(self, pkey: PartitionKey, keys: tuple[Any, ...]) -> tuple[bool, str, str, Any]:
@@ -293,6 +335,10 @@ class StageRun:
             up.executor if up.executor.remote and up.executor is not self.executor else None for up in ups
         ]
         self.any_fetch = any(f is not None for f in self.fetchers)
+
+    def finalize(self) -> None:
+        """Once the cache is open: decide whether upstream workers may call this stage directly."""
+        self._fusable = self.kind in ("map", "sink") and type(self) is StageRun and self.fast_path()
 
     async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         if any(type(v) is Lazy for v in values):
@@ -388,7 +434,6 @@ class StageRun:
         if self.is_async_gen or self.is_sync_gen:
             out = [(PartitionKey(pkey.index, sub, pkey.item), part) for sub, part in enumerate(out)]
         self.done += 1
-        self.durations.append(dt)
         self.records.append((pkey, "ok", dt, attempt, reason))
         if run.detail:
             run.publish_detail(PartitionFinished, self.name, pkey, dt, attempt,

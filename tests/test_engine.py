@@ -250,3 +250,32 @@ async def test_async_iterable_inputs():
 
     result = await run([ap.source(lambda i: i, name="a")], gen())
     assert result["a"] == [0, 1, 2]
+
+
+async def test_cheap_inline_chain_counts_failures_and_retries_per_stage():
+    """Inline stages fed one partition at a time are called directly by the upstream worker
+    (no queue hop): counters, records, retries and dead-letter must be the same as queued."""
+    seen = {"flaky": 0}
+
+    def parse(fetch):
+        if fetch == 5:
+            raise ValueError("bad 5")
+        return fetch
+
+    def flaky(parse):
+        if parse == 7 and seen["flaky"] == 0:
+            seen["flaky"] += 1
+            raise ConnectionResetError("once")
+        return parse * 10
+
+    pipe = ap.Pipeline(
+        [ap.source(lambda i: i, name="fetch", executor="inline"), ap.stage(parse, executor="inline"),
+         ap.stage(flaky, executor="inline", retries=ap.RetryPolicy(attempts=2, backoff=0, jitter=0))],
+        cache=False,
+    )
+    result = await pipe.run(range(10), monitor=False)
+    assert result.output("flaky") == [0, 10, 20, 30, 40, 60, 70, 80, 90]
+    counts = {s.name: (s.done, s.failed, s.skipped) for s in result.stages}
+    assert counts == {"fetch": (10, 0, 0), "parse": (9, 1, 0), "flaky": (9, 0, 1)}
+    assert result.table().query("stage == 'flaky' and partition == '7'")["attempts"].tolist() == [2]
+    assert result.failures["partition"].tolist() == ["5"]
