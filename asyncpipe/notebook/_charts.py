@@ -31,12 +31,16 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_POINTS", "LiveCharts"]
+__all__ = ["MAX_POINTS", "RELAYOUT_EVERY", "LiveCharts"]
 
 #: Points kept per series. When full, every other point is dropped and the
 #: recording stride doubles, so memory and render time stay bounded for a run of
 #: any length while the chart still covers the whole run.
 MAX_POINTS = 400
+#: Frames between two layout passes. Measured here: a 3-panel frame costs ~120 ms with
+#: the constrained layout and ~60 ms without (Agg, 2 cores), and tick labels rarely
+#: change width between consecutive frames.
+RELAYOUT_EVERY = 8
 
 
 class LiveCharts:
@@ -132,9 +136,15 @@ class LiveCharts:
         }
 
     # -- in a worker thread ------------------------------------------------------------
-    def render(self, frame: dict[str, Any]) -> bytes:
-        """Update the artists from ``frame`` and return the figure as PNG bytes."""
+    def render(self, frame: dict[str, Any], *, relayout: bool = False) -> bytes:
+        """Update the artists from ``frame`` and return the figure as PNG bytes.
+
+        The constrained layout (half the cost of a frame) is recomputed every
+        :data:`RELAYOUT_EVERY` frames and when ``relayout`` is set (the final frame).
+        """
         with self._lock:
+            again = relayout or self.renders % RELAYOUT_EVERY == 0
+            self.figure.set_layout_engine("constrained" if again else "none")
             t = frame["t"]
             for kind in ("throughput", "limit"):
                 for name, ys in frame[kind].items():

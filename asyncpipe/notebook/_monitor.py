@@ -83,6 +83,7 @@ class Monitor:
         self._timer: asyncio.Task[None] | None = None
         self._finishing: asyncio.Task[None] | None = None
         self._rendering = False
+        self._chart_task: asyncio.Task[None] | None = None
 
         self.header = w.HTML(layout=w.Layout(width="100%"))
         self.pause_button = w.Button(description="Pause", icon="pause", layout=w.Layout(width="95px"))
@@ -135,8 +136,12 @@ class Monitor:
             now = time.monotonic()
             due = now - self._last_chart >= self._chart_period
             if self.charts is not None and not self._rendering and due:
+                # A frame takes ~50-150 ms in its thread: render beside the timer, not in it,
+                # so widget refreshes keep their 10 Hz.
                 self._last_chart = now
-                await self._render_chart()
+                self._rendering = True
+                self._chart_task = asyncio.get_running_loop().create_task(
+                    self._render_chart(), name="asyncpipe:monitor-chart")
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, RunFinished):
@@ -161,9 +166,12 @@ class Monitor:
             self._timer.cancel()
         self.refresh()
         if self.charts is not None:
+            if self._chart_task is not None:
+                with contextlib.suppress(BaseException):
+                    await self._chart_task
             if self.handle.progress is not None:
                 self.charts.record(self.handle.progress, force=True)
-            await self._render_chart(record=False)
+            await self._render_chart(record=False, final=True)
         self._unsubscribe()
         if self._display is not None:
             self._display.update(self._repr_mimebundle_(), raw=True)
@@ -175,7 +183,7 @@ class Monitor:
         snap = self.handle.progress
         if self.charts is not None and snap is not None:
             self.charts.record(snap, force=True)
-            self._set_image(self.charts.render(self.charts.frame()))
+            self._set_image(self.charts.render(self.charts.frame(), relayout=True))
         self._unsubscribe()
 
     async def wait(self) -> Any:
@@ -245,7 +253,7 @@ class Monitor:
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - t0
 
-    async def _render_chart(self, *, record: bool = True) -> None:
+    async def _render_chart(self, *, record: bool = True, final: bool = False) -> None:
         charts = self.charts
         if charts is None:
             return
@@ -253,10 +261,11 @@ class Monitor:
         if record and snap is not None:
             charts.record(snap)
         if charts.n_points == 0:
+            self._rendering = False
             return
         self._rendering = True
         try:
-            png = await asyncio.to_thread(charts.render, charts.frame())
+            png = await asyncio.to_thread(charts.render, charts.frame(), relayout=final)
         except Exception:  # a chart must never break the run or the panel
             _log.exception("rendering the monitor charts failed")
             return
