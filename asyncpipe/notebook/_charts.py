@@ -67,9 +67,10 @@ class LiveCharts:
         self.lines: dict[str, dict[str, Any]] = {"throughput": {}, "limit": {}}
         for i, name in enumerate(self.stages):
             color = f"C{i % 10}"
-            (self.lines["throughput"][name],) = ax_thr.plot([], [], color=color, label=name, lw=1.3)
+            (self.lines["throughput"][name],) = ax_thr.plot([], [], color=color, label=name, lw=1.3,
+                                                            marker="o", ms=2)
             (self.lines["limit"][name],) = ax_lim.step([], [], color=color, label=name, lw=1.3, where="post")
-        (self.lines["cpu"],) = ax_res.plot([], [], color="C3", lw=1.3, label="CPU %")
+        (self.lines["cpu"],) = ax_res.plot([], [], color="C3", lw=1.3, marker="o", ms=2, label="CPU %")
         (self.lines["rss"],) = ax_rss.plot([], [], color="C7", lw=1.0, ls="--", label="RSS MiB")
         if self.stages:
             ax_thr.legend(fontsize=7, loc="upper left")
