@@ -53,6 +53,10 @@ _EXPORTS: dict[str, str] = {
     "configure_logging": "._logging",
     "load_run": "._history",
     "log_context": "._logging",
+    "monitor": ".notebook",
+    "panel": ".notebook",
+    "schedule": ".notebook",
+    "schedules": ".notebook",
     "runs": "._history",
     "FakeClock": "._clock",
     "Overloaded": "._exceptions",
@@ -96,6 +100,20 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext asyncpipe``: register the ``%%pipeline`` cell magic (needs the notebook extra)."""
+    from .notebook import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext asyncpipe``: cancel the schedules this kernel runs."""
+    from .notebook import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
@@ -109,6 +127,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._history import RunNotFoundError, RunRecord, load_run, runs
     from ._logging import configure_logging, log_context
     from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
+    from .notebook import monitor, panel, schedule, schedules
     from ._progress import TerminalProgress
     from ._exceptions import (
         AsyncpipeError,

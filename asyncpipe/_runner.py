@@ -9,6 +9,7 @@ cells alike, without patching the kernel's loop).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -262,6 +263,7 @@ class RunHandle:
         self.bus = session.bus
         self.metrics = session.metrics
         self.pipeline = session.pipe
+        self._await_hooks: list[Callable[[], Any]] = []
 
     @property
     def run_id(self) -> str:
@@ -338,6 +340,14 @@ class RunHandle:
     def __await__(self) -> Any:
         return self._wait().__await__()
 
+    def add_await_hook(self, hook: Callable[[], Any]) -> None:
+        """Run ``await hook()`` in the task that awaits this handle, once the run is done.
+
+        Front ends use it to re-send their final state from the awaiting cell, so a
+        notebook executed headless (nbclient, nbval) saves final values.
+        """
+        self._await_hooks.append(hook)
+
     async def _wait(self) -> RunResult:
         try:
             return await asyncio.shield(self.task)
@@ -345,6 +355,13 @@ class RunHandle:
             if self.task.cancelled():
                 raise RunCancelled(f"Run {self.run_id} was cancelled.") from None
             raise
+        finally:
+            if self.task.done():
+                for hook in tuple(self._await_hooks):
+                    try:
+                        await hook()
+                    except Exception:
+                        logging.getLogger("asyncpipe").exception("a handle await hook failed")
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.pipeline.name!r} {self.run_id}: {self.status}>"
