@@ -6,7 +6,7 @@ block quotes and ``[1, 2]`` outputs into reference links, so before mkdocstrings
 renders a docstring this extension
 
 - fences every run of doctest lines (``>>>``/``...`` and their output) as ``pycon``,
-- turns a ``::``-introduced indented block into a fenced ``python`` block,
+- turns a ``::``-introduced indented block into a fenced block (``python`` if it parses),
 - turns ``:role:`~pkg.mod.Name``` into ```Name``` (``:role:`pkg.Name``` keeps the path),
 - and picks up docstrings given by assignment (``stage.__doc__ = "..."``), which static
   analysis does not see on its own.
@@ -32,6 +32,15 @@ def _role(match: re.Match[str]) -> str:
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
+
+
+def _is_python(code: str) -> bool:
+    """Highlight a literal block as Python only if it parses (notebook magics and trees don't)."""
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True
 
 
 def to_markdown(text: str) -> str:
@@ -81,7 +90,8 @@ def to_markdown(text: str) -> str:
                 while block and not block[-1].strip():
                     block.pop()
                 pad = " " * base
-                out += [f"{pad}```python", *(pad + b if b else "" for b in block), f"{pad}```", ""]
+                lang = "python" if _is_python("\n".join(block)) else "text"
+                out += [f"{pad}```{lang}", *(pad + b if b else "" for b in block), f"{pad}```", ""]
                 i = k
                 continue
         out.append(_ROLE.sub(_role, line))
