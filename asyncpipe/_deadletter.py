@@ -24,7 +24,26 @@ MAX_INPUT_JSON = 64 * 1024
 
 @dataclass(frozen=True)
 class Failure:
-    """One partition that failed permanently at one stage."""
+    """One partition that failed permanently at one stage.
+
+    A failed partition does not stop the run (unless ``fail_fast``): it becomes a
+    ``Failure`` on ``result.failure_list`` (``result.failures`` as a DataFrame).
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def inverse(numbers):
+    ...     return 1 / numbers
+    >>> pipe = ap.Pipeline([numbers, inverse], cache=False, workdir=tempfile.mkdtemp())
+    >>> failure = pipe.run_sync([4, 0]).failure_list[0]
+    >>> failure.stage, failure.partition.item, failure.error_type, failure.attempts
+    ('inverse', 0, 'ZeroDivisionError', 1)
+    >>> print(failure)
+    inverse[0] failed after 1 attempt(s): ZeroDivisionError: division by zero
+    """
 
     stage: str
     partition: PartitionKey
@@ -114,7 +133,24 @@ class DeadLetter:
 
 
 def read_failures(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of a run's ``failures.jsonl`` (a torn last line from a crash is skipped)."""
+    """Records of a run's ``failures.jsonl`` (a torn last line from a crash is skipped).
+
+    ``path`` is the file or the run directory (``result.run_dir``); the file is
+    written as failures happen, so this also works for a run that crashed.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def inverse(numbers):
+    ...     return 1 / numbers
+    >>> pipe = ap.Pipeline([numbers, inverse], cache=False, workdir=tempfile.mkdtemp())
+    >>> result = pipe.run_sync([4, 0])
+    >>> [(r["stage"], r["input"], r["error_type"]) for r in ap.read_failures(result.run_dir)]
+    [('inverse', 0, 'ZeroDivisionError')]
+    """
     out = []
     p = Path(path)
     if p.is_dir():
