@@ -85,7 +85,20 @@ class FailureInfo:
 
 @dataclass(frozen=True, slots=True)
 class StageSnapshot:
-    """Counters and rates of one stage at one instant. Ratios are 0.0 when undefined."""
+    """Counters and rates of one stage at one instant. Ratios are 0.0 when undefined.
+
+    >>> import asyncpipe as ap
+    >>> from asyncpipe._events import RunStarted, StageProgress
+    >>> clock = ap.FakeClock()
+    >>> metrics = ap.Metrics(clock=clock)
+    >>> metrics(RunStarted(run_id="r1", t=0.0, pipeline="p", stages=("fetch",)))
+    >>> clock.advance(4.0)
+    >>> metrics(StageProgress(run_id="r1", t=4.0, stage="fetch", finished=8, cached=2, total=10,
+    ...                       durations=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)))
+    >>> st = metrics.snapshot().stage("fetch")
+    >>> st.done, st.cached, st.progress, st.throughput, st.cache_hit_ratio
+    (8, 2, 0.8, 2.0, 0.25)
+    """
 
     name: str
     total: int | None
@@ -109,7 +122,27 @@ class StageSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
-    """The whole run at one instant; safe to keep, compare and render anywhere."""
+    """The whole run at one instant; safe to keep, compare and render anywhere.
+
+    A :class:`RunHandle` gives the latest one as ``handle.progress``:
+
+    >>> import asyncio, tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def double(numbers):
+    ...     return 2 * numbers
+    >>> pipe = ap.Pipeline([numbers, double], cache=False, workdir=tempfile.mkdtemp())
+    >>> async def main():
+    ...     handle = pipe.start(range(5))
+    ...     await handle
+    ...     return handle.progress
+    >>> snap = asyncio.run(main())
+    >>> snap.status, snap.n_failures, snap.stage("double").done, snap.stage("double").total
+    ('succeeded', 0, 5, 5)
+    """
 
     run_id: str
     status: str
@@ -198,6 +231,18 @@ class Metrics:
     Subscribe it to the bus (``bus.subscribe(metrics)``); a :class:`RunStarted`
     resets it, so one instance follows the latest run. Not thread-safe: feed and
     poll it from the event-loop thread.
+
+    >>> import asyncpipe as ap
+    >>> from asyncpipe._events import RunStarted, StageProgress
+    >>> clock = ap.FakeClock()
+    >>> bus, metrics = ap.EventBus(), ap.Metrics(clock=clock)
+    >>> unsubscribe = bus.subscribe(metrics)
+    >>> bus.publish(RunStarted(run_id="r1", t=0.0, pipeline="p", stages=("parse",)))
+    >>> clock.advance(2.0)
+    >>> bus.publish(StageProgress(run_id="r1", t=2.0, stage="parse", finished=30, failed=1, total=60))
+    >>> snap = metrics.snapshot()
+    >>> snap.run_id, snap.stage("parse").done, snap.stage("parse").failed, snap.items_per_s
+    ('r1', 30, 1, 15.0)
     """
 
     def __init__(
