@@ -326,8 +326,8 @@ class Run:
                 out.append((code, opts))
             return out
 
-        keys = await asyncio.to_thread(code_keys)
-        await cache.open([rt.name for rt in stages])
+        # hashing the code and reading the cache index are independent: overlap them
+        keys, _ = await asyncio.gather(asyncio.to_thread(code_keys), cache.open([rt.name for rt in stages]))
         for rt, (code, opts) in zip(stages, keys, strict=True):
             rt.code_key, rt.opts_key, rt.cache_on = code, opts, True
 

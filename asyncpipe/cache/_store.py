@@ -249,15 +249,12 @@ class ParquetStoreBackend(FileSystemStoreBackend):
 
         kind = "table" if isinstance(value, pa.Table) else "frame"
         table = value if kind == "table" else pa.Table.from_pandas(value, preserve_index=None)
-        with open(filename, "wb") as f:
-            sink = _HashingWriter(f)
-            writer = pq.ParquetWriter(sink, table.schema, **ParquetStoreBackend.write_options)
-            try:
-                writer.write_table(table)
-                meta = {"kind": kind, "xxh3": sink.digest.hexdigest(), "size": sink.size}
-                writer.add_key_value_metadata({_META_KEY: json.dumps(meta).encode()})
-            finally:
-                writer.close()
+        # Integrity: a CRC32 per data page, written and verified natively by pyarrow (a
+        # Python-level hashing file object cost ~35 ms per 20 MB entry in GIL round trips),
+        # plus our footer key, which only a complete write has.
+        meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps({"kind": kind, "crc": "page"}).encode()}
+        pq.write_table(table.replace_schema_metadata(meta), filename, write_page_checksum=True,
+                       **ParquetStoreBackend.write_options)
 
     @staticmethod
     def _write_pickle(value: Any, filename: str) -> None:
@@ -311,16 +308,16 @@ def _read_parquet(data: bytes, filename: str) -> Any:
 
     if len(data) < 12 or data[-4:] != b"PAR1":
         raise CorruptEntry(f"Cache entry {filename} is truncated (no Parquet footer).")
-    footer_len = int.from_bytes(data[-8:-4], "little")
-    data_end = len(data) - 8 - footer_len
-    pf = pq.ParquetFile(pa.BufferReader(data))
+    pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
     raw = (pf.metadata.metadata or {}).get(_META_KEY)
     if raw is None:
-        raise CorruptEntry(f"Cache entry {filename} has no asyncpipe checksum.")
+        raise CorruptEntry(f"Cache entry {filename} has no asyncpipe marker (not written by asyncpipe).")
     meta = json.loads(raw)
-    if meta["size"] != data_end or xxhash.xxh3_128_hexdigest(memoryview(data)[:data_end]) != meta["xxh3"]:
-        raise CorruptEntry(f"Cache entry {filename} fails its checksum.")
-    table = pf.read()
+    try:
+        table = pf.read()
+    except OSError as exc:  # a page CRC mismatch, a damaged page header...
+        raise CorruptEntry(f"Cache entry {filename} fails its page checksums: {exc}") from exc
+    table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items() if k != _META_KEY})
     return table if meta["kind"] == "table" else table.to_pandas()
 
 

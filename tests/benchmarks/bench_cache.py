@@ -115,7 +115,11 @@ def child(mode: str, directory: str, parts: int, rows: int) -> float:
     import pyarrow.dataset  # noqa: F401
 
     import asyncpipe._engine
-    import asyncpipe._runner  # noqa: F401
+    import asyncpipe._history
+    import asyncpipe._metrics
+    import asyncpipe._runner
+    import asyncpipe._sampler
+    import asyncpipe.cache._store  # noqa: F401
 
     if mode == "warm":
         cache = Cache(directory)

@@ -21,7 +21,7 @@ from packaging.version import Version
 
 import asyncpipe.cache  # noqa: F401  (registers the backend)
 from asyncpipe.cache import ParquetStoreBackend
-from asyncpipe.cache._store import PARQUET, PICKLE, _HashingWriter
+from asyncpipe.cache._store import PARQUET, PICKLE
 
 
 def test_joblib_version_in_pinned_range():
@@ -78,19 +78,15 @@ def test_memory_cache_pickles_other_values(tmp_path):
     assert PICKLE in files
 
 
-def test_pyarrow_writer_sends_all_data_before_the_footer():
-    """The Parquet checksum covers bytes written before add_key_value_metadata()."""
-    buf = io.BytesIO()
-    sink = _HashingWriter(buf)
+def test_pyarrow_verifies_page_checksums_on_read(tmp_path):
+    """Cache integrity leans on pyarrow's per-page CRC32: a flipped data byte must fail the read."""
     table = pa.table({"a": list(range(10_000)), "b": [str(i) for i in range(10_000)]})
-    w = pq.ParquetWriter(sink, table.schema)
-    w.write_table(table)
-    written = sink.size
-    w.add_key_value_metadata({b"k": b"v"})
-    w.close()
-    data = buf.getvalue()
-    footer = int.from_bytes(data[-8:-4], "little")
-    assert written == len(data) - 8 - footer
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, write_page_checksum=True, compression="none", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0xFF  # inside the first data page
+    with pytest.raises(OSError):
+        pq.ParquetFile(pa.BufferReader(bytes(data)), page_checksum_verification=True).read()
 
 
 @pytest.mark.parametrize("mode", [0o700])
