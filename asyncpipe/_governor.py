@@ -83,6 +83,23 @@ class ResourceGovernor:
     ``sample()`` returns ``(cpu_percent, rss_bytes)`` of the tree, with cpu in psutil's
     unit (100 = one busy core). The default reads psutil in a worker thread; an injected
     ``sample`` is called on the loop (tests pass a cheap function).
+
+    A pipeline turns it on with ``Pipeline(stages, memory_budget=2 * 2**30)``; driven by
+    hand, with fake samples (bytes):
+
+    >>> import asyncpipe as ap
+    >>> from asyncpipe._limiter import Limiter
+    >>> gov = ap.ResourceGovernor(memory_budget=1_000, sample=lambda: (0.0, 100))
+    >>> admission = Limiter("<admission>", concurrency=32)
+    >>> gov.attach(admission, [])
+    >>> admission.limit, admission.try_acquire()  # one partition is measured alone first
+    (1, True)
+    >>> gov.step(0.0, 150); admission.limit  # 50 bytes for it, far below budget: ramp x4
+    4
+    >>> [admission.try_acquire() for _ in range(3)]
+    [True, True, True]
+    >>> gov.step(0.0, 950); admission.limit  # 4 in flight put RSS over 85 %: shed
+    3
     """
 
     def __init__(
