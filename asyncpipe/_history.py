@@ -59,12 +59,38 @@ FORMAT = 1
 
 
 class RunNotFoundError(AsyncpipeError, LookupError):
-    """No past run matches the requested id, or a prefix matches several."""
+    """No past run matches the requested id, or a prefix matches several.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> try:
+    ...     ap.load_run("20240101", tempfile.mkdtemp())
+    ... except ap.RunNotFoundError as err:
+    ...     print(type(err).__name__, isinstance(err, LookupError))
+    RunNotFoundError True
+    """
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One past run, as stored in ``run.json``. ``stages`` maps stage name to its totals."""
+    """One past run, as stored in ``run.json``. ``stages`` maps stage name to its totals.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def double(numbers):
+    ...     return 2 * numbers
+    >>> workdir = tempfile.mkdtemp()
+    >>> pipe = ap.Pipeline([numbers, double], name="doubler", cache=False, workdir=workdir)
+    >>> record = ap.load_run(pipe.run_sync(range(3)).run_id, workdir)
+    >>> record.pipeline, record.status, record.n_failures, record.stages["double"]["done"]
+    ('doubler', 'succeeded', 0, 3)
+    >>> record.failures().empty
+    True
+    """
 
     run_id: str
     pipeline: str
@@ -251,6 +277,19 @@ def runs(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR, *, limit: int | None
 
     ``done``/``failed`` are the counts of the last stage (the pipeline's output);
     timestamps are UTC. ``pipeline=`` keeps the runs of one pipeline.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def inverse(numbers):
+    ...     return 1 / numbers
+    >>> workdir = tempfile.mkdtemp()
+    >>> result = ap.Pipeline([numbers, inverse], name="inv", cache=False, workdir=workdir).run_sync([1, 0, 2])
+    >>> ap.runs(workdir)[["pipeline", "status", "done", "failed"]].to_dict("records")
+    [{'pipeline': 'inv', 'status': 'failed', 'done': 2, 'failed': 1}]
     """
     import pandas as pd
 
@@ -268,7 +307,19 @@ def runs(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR, *, limit: int | None
 
 
 def load_run(run_id: str, workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> RunRecord:
-    """The record of ``run_id``; a unique prefix is enough, like a git commit id."""
+    """The record of ``run_id``; a unique prefix is enough, like a git commit id.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> workdir = tempfile.mkdtemp()
+    >>> result = ap.Pipeline([numbers], name="nums", cache=False, workdir=workdir).run_sync(range(4))
+    >>> record = ap.load_run(result.run_id[:15], workdir)  # a prefix: date-time of the start
+    >>> record.run_id == result.run_id, record.status, record.stages["numbers"]["done"]
+    (True, 'succeeded', 4)
+    """
     folders = _folders(workdir)
     exact = [p for p in folders if p.name == run_id]
     matches = exact or [p for p in folders if run_id and p.name.startswith(run_id)]
