@@ -69,7 +69,21 @@ def partition_label(partition: Any) -> str:
 @contextlib.contextmanager
 def log_context(*, run_id: str | None = None, stage: str | None = None,
                 partition: Any = None) -> Iterator[None]:
-    """Tag log records emitted inside the block (and tasks/threads started from it)."""
+    """Tag log records emitted inside the block (and tasks/threads started from it).
+
+    >>> import io, logging
+    >>> import asyncpipe as ap
+    >>> stream, log = io.StringIO(), logging.getLogger("demo.context")
+    >>> handler = ap.configure_logging(stream=stream, fmt="%(run_id)s %(stage)s %(partition)s %(message)s",
+    ...                                logger=log)
+    >>> with ap.log_context(run_id="r1", stage="parse", partition="2024-01.csv"):
+    ...     log.warning("bad row")
+    >>> log.warning("outside")
+    >>> print(stream.getvalue(), end="")
+    r1 parse 2024-01.csv bad row
+    - - - outside
+    >>> log.removeHandler(handler); log.setLevel(logging.NOTSET)
+    """
     tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]] = []
     for var, value in ((_run_id, run_id), (_stage, stage), (_partition, partition)):
         if value is not None:
@@ -182,6 +196,23 @@ def configure_logging(level: int | str = logging.INFO, *, stream: IO[str] | None
     Attaches to the root logger unless ``logger`` is given, so user code logging
     inside stages is tagged too, and sets that logger's level. Returns the
     handler (remove it to undo).
+
+    >>> import io, logging, tempfile
+    >>> import asyncpipe as ap
+    >>> stream, log = io.StringIO(), logging.getLogger("demo.stages")
+    >>> handler = ap.configure_logging(stream=stream, fmt="%(stage)s [%(partition)s] %(message)s", logger=log)
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def check(numbers):
+    ...     if numbers < 0:
+    ...         log.warning("negative value %d", numbers)
+    ...     return numbers
+    >>> result = ap.Pipeline([numbers, check], cache=False, workdir=tempfile.mkdtemp()).run_sync([1, -2, 3])
+    >>> print(stream.getvalue(), end="")
+    check [-2] negative value -2
+    >>> log.removeHandler(handler); log.setLevel(logging.NOTSET)
     """
     target = logger if logger is not None else logging.getLogger()
     handler = logging.StreamHandler(stream)
