@@ -121,14 +121,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._adaptive import Adaptive
     from ._clock import Clock, FakeClock, SystemClock
-    from ._governor import ResourceGovernor
     from ._deadletter import Failure, read_failures
     from ._events import EventBus
-    from ._history import RunNotFoundError, RunRecord, load_run, runs
-    from ._logging import configure_logging, log_context
-    from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
-    from .notebook import monitor, panel, schedule, schedules
-    from ._progress import TerminalProgress
     from ._exceptions import (
         AsyncpipeError,
         AsyncpipeWarning,
@@ -145,10 +139,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         StoreError,
         TransientError,
     )
+    from ._governor import ResourceGovernor
+    from ._history import RunNotFoundError, RunRecord, load_run, runs
+    from ._logging import configure_logging, log_context
+    from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
     from ._partition import ALL, PartitionKey
     from ._pipeline import Pipeline
     from ._plan import Plan
+    from ._progress import TerminalProgress
     from ._result import RunResult
     from ._retry import RetryPolicy
     from ._runner import RunHandle
     from ._stage import DEFAULT, Stage, reduce, sink, source, stage
+    from .notebook import monitor, panel, schedule, schedules

@@ -165,7 +165,16 @@ def read_failures(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
-_COLUMNS = ["stage", "partition", "partition_id", "error_type", "message", "attempts", "failed_at", "traceback"]
+_COLUMNS = [
+    "stage",
+    "partition",
+    "partition_id",
+    "error_type",
+    "message",
+    "attempts",
+    "failed_at",
+    "traceback",
+]
 
 
 def failures_frame(failures: list[Failure]) -> pd.DataFrame:

@@ -121,7 +121,9 @@ class Run:
             return None
         from ._limiter import Limiter
 
-        return Limiter(ps.name, concurrency=ps.concurrency, rate=ps.rate, clock=self.clock, on_change=self._limit_changed)
+        return Limiter(
+            ps.name, concurrency=ps.concurrency, rate=ps.rate, clock=self.clock, on_change=self._limit_changed
+        )
 
     def ensure_limiter(self, stage: str) -> Any:
         """The stage's Limiter, created on demand so limits can change at runtime."""
@@ -151,7 +153,11 @@ class Run:
         for ps in self.plan.stages:
             ex = self._executor(ps.executor)
             limiter = self._limiter(ps)
-            cls = ReduceRun if ps.kind == "reduce" else (JoinRun if len(ps.upstream) > 1 or ps.broadcast else StageRun)
+            cls = (
+                ReduceRun
+                if ps.kind == "reduce"
+                else (JoinRun if len(ps.upstream) > 1 or ps.broadcast else StageRun)
+            )
             rt = cls(self, ps, ex, limiter)
             ex.prepare(ps.stage.fn, ps.name, rt.conc)
             if keep == "all":
@@ -185,7 +191,7 @@ class Run:
             if now == last and not rt.running:
                 continue
             rt.flushed = now
-            fresh = rt.records[rt.flushed_records:]
+            fresh = rt.records[rt.flushed_records :]
             rt.flushed_records += len(fresh)
             lim = rt.limiter
             self.publish(
@@ -248,7 +254,9 @@ class Run:
         if self._deadletter is None:
             self._deadletter = DeadLetter(self.run_dir)
         self._deadletter.record(failure)
-        _log.warning("run %s: %s", self.run_id, failure, extra={"run_id": self.run_id, "stage": failure.stage})
+        _log.warning(
+            "run %s: %s", self.run_id, failure, extra={"run_id": self.run_id, "stage": failure.stage}
+        )
         if self.fail_fast and self._done is not None and not self._done.done():
             err = RunFailed(f"Stopped at the first failure (fail_fast=True): {failure}", failures=(failure,))
             err.__cause__ = failure.error
@@ -321,8 +329,14 @@ class Run:
                 # what else changes the output: kind, concat, run params, and a callable
                 # object's own settings token (built-in stores: format, headers...)
                 token = getattr(rt.fn, "asyncpipe_cache_token", None)
-                opts = repr((rt.ps.kind, rt.ps.stage.options.concat, sorted(rt.params.items()),
-                             token() if callable(token) else None))
+                opts = repr(
+                    (
+                        rt.ps.kind,
+                        rt.ps.stage.options.concat,
+                        sorted(rt.params.items()),
+                        token() if callable(token) else None,
+                    )
+                )
                 out.append((code, opts))
             return out
 
@@ -335,9 +349,13 @@ class Run:
         loop = asyncio.get_running_loop()
         self.started_at = self.clock.time()
         self.status = "running"
-        self.publish(RunStarted, pipeline=self.plan.name, stages=self.plan.names,
-                     total_inputs=len(self.inputs) if hasattr(self.inputs, "__len__") else None,  # type: ignore[arg-type]
-                     params=dict(self.params))
+        self.publish(
+            RunStarted,
+            pipeline=self.plan.name,
+            stages=self.plan.names,
+            total_inputs=len(self.inputs) if hasattr(self.inputs, "__len__") else None,  # type: ignore[arg-type]
+            params=dict(self.params),
+        )
         cancelled = False
         try:
             self._build()
@@ -379,8 +397,12 @@ class Run:
             self.flush_progress()
             if cancelled:
                 self.status = "cancelled"
-            self.publish(RunFinished, status=self.status, n_failures=len(self.failures),
-                         error=None if self.error is None else f"{type(self.error).__name__}: {self.error}")
+            self.publish(
+                RunFinished,
+                status=self.status,
+                n_failures=len(self.failures),
+                error=None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            )
 
     def _start_governor(self, loop: asyncio.AbstractEventLoop) -> None:
         from ._governor import ResourceGovernor
@@ -388,9 +410,13 @@ class Run:
 
         sources = [rt for rt in self.stages.values() if rt.kind == "source"]
         fan_out = max(1, sum(rt.conc for rt in sources))
-        self._admission = Limiter(ADMISSION, concurrency=fan_out, clock=self.clock, on_change=self._limit_changed)
+        self._admission = Limiter(
+            ADMISSION, concurrency=fan_out, clock=self.clock, on_change=self._limit_changed
+        )
         self._governor = ResourceGovernor(memory_budget=self.pipe.memory_budget, clock=self.clock)
-        heavy = [rt.limiter for rt in self.stages.values() if rt.limiter is not None and rt.ps.executor != "async"]
+        heavy = [
+            rt.limiter for rt in self.stages.values() if rt.limiter is not None and rt.ps.executor != "async"
+        ]
         self._governor.attach(self._admission, heavy)  # before the first item: it measures the baseline
         self.tracking = True
         self._tasks.append(loop.create_task(self._governor.run(), name="asyncpipe:governor"))

@@ -29,7 +29,9 @@ class JoinRun(StageRun):
     def start_workers(self, n: int) -> None:
         super().start_workers(n)
         if self.dispatcher is None:
-            self.dispatcher = asyncio.get_running_loop().create_task(self.dispatch(), name=f"asyncpipe:{self.name}:join")
+            self.dispatcher = asyncio.get_running_loop().create_task(
+                self.dispatch(), name=f"asyncpipe:{self.name}:join"
+            )
             self.workers.append(self.dispatcher)
 
     async def upstream_done(self) -> None:
@@ -71,19 +73,32 @@ class JoinRun(StageRun):
                 else:
                     waiting.append((pkey, entry))
         for pkey, entry in [*pending.items(), *waiting]:
-            missing = [self.slots[i] for i in range(n) if entry[0][i] is None and i not in self.broadcast_slots]
+            missing = [
+                self.slots[i] for i in range(n) if entry[0][i] is None and i not in self.broadcast_slots
+            ]
             if not missing:  # complete but a broadcast input never arrived
                 missing = [self.slots[i] for i in self.broadcast_slots if i not in shared]
             self.skipped += 1
-            self.fail(pkey, StageError(
-                f"Stage {self.name!r} got no {', '.join(map(repr, missing))} output for partition {pkey.label}; "
-                "the upstream produced nothing for it.", stage=self.name, partition=pkey), 0, run.clock.time())
+            self.fail(
+                pkey,
+                StageError(
+                    f"Stage {self.name!r} got no {', '.join(map(repr, missing))} output "
+                    f"for partition {pkey.label}; "
+                    "the upstream produced nothing for it.",
+                    stage=self.name,
+                    partition=pkey,
+                ),
+                0,
+                run.clock.time(),
+            )
             await self.deliver(pkey, FAILED, None)
         self.closing = True
         for _ in range(self.live):
             await self.q.put(STOP)
 
-    async def _emit(self, pkey: PartitionKey, entry: list[Any], shared: dict[int, tuple[Any, Any]], put: Any) -> None:
+    async def _emit(
+        self, pkey: PartitionKey, entry: list[Any], shared: dict[int, tuple[Any, Any]], put: Any
+    ) -> None:
         values, keys = entry[0], entry[1]
         for slot, (v, k) in shared.items():
             values[slot], keys[slot] = v, k
@@ -122,7 +137,9 @@ class ReduceRun(StageRun):
 
     def start_workers(self, n: int) -> None:
         self.live = 1
-        self.workers.append(asyncio.get_running_loop().create_task(self.collect(), name=f"asyncpipe:{self.name}"))
+        self.workers.append(
+            asyncio.get_running_loop().create_task(self.collect(), name=f"asyncpipe:{self.name}")
+        )
 
     async def upstream_done(self) -> None:
         self.open_upstreams -= 1
@@ -150,7 +167,9 @@ class ReduceRun(StageRun):
     async def finish(self, got: list[dict[PartitionKey, tuple[Any, Any]]]) -> None:
         ordered = [sorted(g.items(), key=lambda kv: kv[0].sort_key()) for g in got]
         keys = tuple(tuple(k for _, (_, k) in part) for part in ordered)
-        flat_keys = tuple(f"{len(p)}:" + ",".join(str(k) for k in ks) for p, ks in zip(ordered, keys, strict=True))
+        flat_keys = tuple(
+            f"{len(p)}:" + ",".join(str(k) for k in ks) for p, ks in zip(ordered, keys, strict=True)
+        )
         values = tuple([v for _, (v, _) in part] for part in ordered)
         key = parts = None
         reason = "cache disabled"
@@ -209,5 +228,7 @@ def _concat(parts: list[Any], stage: str) -> Any:
         return pd.DataFrame()
     bad = next((type(p).__name__ for p in parts if not isinstance(p, pd.DataFrame | pd.Series)), None)
     if bad is not None:
-        raise TypeError(f"reduce stage {stage!r} has concat=True but an upstream partition is a {bad}, not a DataFrame")
+        raise TypeError(
+            f"reduce stage {stage!r} has concat=True but an upstream partition is a {bad}, not a DataFrame"
+        )
     return pd.concat(parts, ignore_index=False)

@@ -67,7 +67,9 @@ class PartitionKey:
     def id(self) -> str:
         if self._id is None:
             base = item_fingerprint(self.item)
-            self._id = (base if self.sub == 0 else xxhash.xxh3_64_hexdigest(f"{base}/{self.sub}".encode()))[:16]
+            self._id = (base if self.sub == 0 else xxhash.xxh3_64_hexdigest(f"{base}/{self.sub}".encode()))[
+                :16
+            ]
         return self._id
 
     @property

@@ -97,7 +97,9 @@ class Pipeline:
     def configure(self, stage: str, **options: Any) -> Pipeline:
         """A new pipeline with ``stage``'s options changed (e.g. ``concurrency=32``)."""
         if stage not in self.stages:
-            raise DefinitionError(f"No stage {stage!r} in pipeline {self.name!r}.{_did_you_mean(stage, self.stages)}")
+            raise DefinitionError(
+                f"No stage {stage!r} in pipeline {self.name!r}.{_did_you_mean(stage, self.stages)}"
+            )
         stages = [s.with_options(**options) if s.name == stage else s for s in self._stages]
         return self._copy(stages=stages)
 
@@ -218,7 +220,9 @@ def _as_stages(items: Iterable[Stage | Callable[..., Any]]) -> list[Stage]:
     return stages
 
 
-def _wiring(st: Stage, names: set[str], params: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str | None, bool, list[str]]:
+def _wiring(
+    st: Stage, names: set[str], params: Mapping[str, Any]
+) -> tuple[list[tuple[str, str]], str | None, bool, list[str]]:
     sig_params = _wired_params(st)
     pnames = [p.name for p in sig_params]
     for param, up in st.inputs.items():
@@ -336,11 +340,15 @@ def _resolve(st: Stage, defaults: Mapping[str, Any]) -> StageOptions:
     if conc is DEFAULT:
         conc = DEFAULT_CONCURRENCY.get(executor, os.cpu_count() or 2) if isinstance(executor, str) else 4
     elif isinstance(conc, bool) or (isinstance(conc, int) and conc < 1):
-        raise DefinitionError(f"Stage {st.name!r}: concurrency={conc!r} must be a positive integer or 'adaptive'.")
+        raise DefinitionError(
+            f"Stage {st.name!r}: concurrency={conc!r} must be a positive integer or 'adaptive'."
+        )
     return replace(opts, executor=executor, concurrency=conc)
 
 
-def _build_plan(name: str, stages: list[Stage], defaults: Mapping[str, Any], params: Mapping[str, Any]) -> Plan:
+def _build_plan(
+    name: str, stages: list[Stage], defaults: Mapping[str, Any], params: Mapping[str, Any]
+) -> Plan:
     names = {s.name for s in stages}
     wirings = {s.name: _wiring(s, names, params) for s in stages}
     edges = {n: [up for _, up in w[0]] for n, w in wirings.items()}
@@ -368,7 +376,8 @@ def _build_plan(name: str, stages: list[Stage], defaults: Mapping[str, Any], par
         gens = [s for s in sources if next(x for x in stages if x.name == s).is_generator]
         if len(sources) > 1 and gens:
             raise DefinitionError(
-                f"Stage {st.name!r} joins partitions of sources {', '.join(sorted(sources))}, but {gens[0]!r} "
+                f"Stage {st.name!r} joins partitions of sources {', '.join(sorted(sources))}, "
+                f"but {gens[0]!r} "
                 "yields a varying number of partitions per item, so partitions cannot be matched. "
                 "Join after a reduce, or make the source return one partition per item.",
                 stage=st.name,

@@ -14,10 +14,15 @@ __all__ = ["Plan", "PlannedStage"]
 #: Default concurrency per executor. Async stages wait on I/O, so many can be in flight;
 #: threads and processes do real work, so about one per core (at least 4 threads,
 #: since sync stages are often blocking I/O as well).
-DEFAULT_CONCURRENCY = {"async": 16, "thread": 4, "auto": 4, "inline": 1,
-                       # dask: enough futures in flight to hide scheduler round trips
-                       # (a 400-partition sweep: 2 -> 3.6x raw futures, 8-128 -> 1.1-1.5x)
-                       "dask": 64}
+DEFAULT_CONCURRENCY = {
+    "async": 16,
+    "thread": 4,
+    "auto": 4,
+    "inline": 1,
+    # dask: enough futures in flight to hide scheduler round trips
+    # (a 400-partition sweep: 2 -> 3.6x raw futures, 8-128 -> 1.1-1.5x)
+    "dask": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,13 @@ class Plan:
     def __str__(self) -> str:
         lines = [f"Plan {self.name!r}: {len(self.stages)} stages"]
         for st in self.stages:
-            ins = ", ".join(f"{p}<-{u}" for p, u in st.wiring) or (f"{st.item_param}<-inputs" if st.item_param else "")
+            ins = ", ".join(f"{p}<-{u}" for p, u in st.wiring) or (
+                f"{st.item_param}<-inputs" if st.item_param else ""
+            )
             lines.append(
                 f"  {st.kind:<6} {st.name:<20} ({ins}) executor={self._executor_name(st)} "
-                f"concurrency={st.concurrency} retries={st.retry.attempts - 1} cache={'on' if st.cache else 'off'}"
+                f"concurrency={st.concurrency} retries={st.retry.attempts - 1} "
+                f"cache={'on' if st.cache else 'off'}"
                 + (f" -> {', '.join(st.downstream)}" if st.downstream else "")
             )
         return "\n".join(lines)
@@ -104,7 +112,17 @@ class Plan:
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         head = "".join(
             f"<th>{h}</th>"
-            for h in ("kind", "stage", "inputs", "feeds", "executor", "concurrency", "rate", "retries", "cache")
+            for h in (
+                "kind",
+                "stage",
+                "inputs",
+                "feeds",
+                "executor",
+                "concurrency",
+                "rate",
+                "retries",
+                "cache",
+            )
         )
         return (
             f"<div><b>Plan {html.escape(self.name)}</b><table><thead><tr>{head}</tr></thead>"

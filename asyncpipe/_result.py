@@ -132,13 +132,19 @@ class RunResult:
     # -- display -----------------------------------------------------------------------
     def summary(self) -> str:
         """A deterministic text summary (no timings), e.g. for notebooks run in CI."""
-        lines = [f"run {self.pipeline}: {self.status}, {len(self.inputs)} inputs, {len(self.failure_list)} failed"]
+        lines = [
+            f"run {self.pipeline}: {self.status}, {len(self.inputs)} inputs, {len(self.failure_list)} failed"
+        ]
         for s in self.stages:
             lines.append(f"  {s.name:<20} done={s.done} cached={s.cached} failed={s.failed}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        lag = f", worst loop stall {self.worst_loop_lag * 1e3:.1f} ms" if self.worst_loop_lag is not None else ""
+        lag = (
+            f", worst loop stall {self.worst_loop_lag * 1e3:.1f} ms"
+            if self.worst_loop_lag is not None
+            else ""
+        )
         head = f"<RunResult {self.pipeline!r} {self.run_id}: {self.status} in {self.duration:.2f}s{lag}>"
         return head + "\n" + self.summary()
 
@@ -152,7 +158,8 @@ class RunResult:
         if self.failure_list:
             items = "".join(f"<li>{html.escape(str(f))}</li>" for f in self.failure_list[:10])
             more = f"<li>… {len(self.failure_list) - 10} more</li>" if len(self.failure_list) > 10 else ""
-            fails = f"<details><summary>{len(self.failure_list)} failure(s)</summary><ul>{items}{more}</ul></details>"
+            summary = f"<summary>{len(self.failure_list)} failure(s)</summary>"
+            fails = f"<details>{summary}<ul>{items}{more}</ul></details>"
         color = {"succeeded": "green", "failed": "#b00", "cancelled": "#a60"}.get(self.status, "black")
         return (
             f"<div><b>{html.escape(self.pipeline)}</b> <code>{self.run_id}</code> "

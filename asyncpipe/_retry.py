@@ -76,7 +76,9 @@ class RetryPolicy:
             return bool(self.predicate(exc))
         return isinstance(exc, self.retry_on)
 
-    def delay(self, attempt: int, exc: BaseException | None = None, rng: random.Random | None = None) -> float:
+    def delay(
+        self, attempt: int, exc: BaseException | None = None, rng: random.Random | None = None
+    ) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max_delay, self.backoff * self.multiplier ** (attempt - 1))
         if self.jitter:

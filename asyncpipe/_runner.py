@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._engine import Run
-from ._history import new_run_id
 from ._events import Event, EventBus
 from ._exceptions import AsyncpipeError, DefinitionError, RunCancelled
+from ._history import new_run_id
 from ._partition import PartitionKey
 from ._result import RunResult, StageSummary
 from ._stage import DEFAULT
@@ -63,8 +63,10 @@ class _Session:
     def __init__(self, pipe: Pipeline, inputs: Any, options: dict[str, Any]) -> None:
         unknown = set(options) - _RUN_OPTIONS
         if unknown:
-            raise TypeError(f"run() got unknown option(s) {', '.join(sorted(unknown))}; "
-                            f"options are {', '.join(sorted(_RUN_OPTIONS))}.")
+            raise TypeError(
+                f"run() got unknown option(s) {', '.join(sorted(unknown))}; "
+                f"options are {', '.join(sorted(_RUN_OPTIONS))}."
+            )
         self.pipe = pipe
         self.inputs = inputs
         self.options = options
@@ -170,7 +172,9 @@ class _Session:
                 outputs[rt.name] = kept
                 rt.outputs.clear()
         summaries = tuple(
-            StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records))
+            StageSummary(
+                rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records)
+            )
             for rt in run.stages.values()
         )
         # the metrics stopped changing with RunFinished: build the frame off the loop
@@ -205,16 +209,35 @@ async def _materialize(executor: Any, value: Any) -> Any:
 
 
 _RUN_OPTIONS = frozenset(
-    {"params", "cache", "fail_fast", "keep", "on_event", "partition_events", "monitor", "clock", "executors",
-     "progress"}
+    {
+        "params",
+        "cache",
+        "fail_fast",
+        "keep",
+        "on_event",
+        "partition_events",
+        "monitor",
+        "clock",
+        "executors",
+        "progress",
+    }
 )
 
 
 def _save_record(result: RunResult, run: Run) -> None:
     from ._history import save_run
 
-    stages = {s.name: {"kind": s.kind, "done": s.done, "cached": s.cached, "failed": s.failed,
-                       "skipped": s.skipped, "seconds": round(s.seconds, 6)} for s in result.stages}
+    stages = {
+        s.name: {
+            "kind": s.kind,
+            "done": s.done,
+            "cached": s.cached,
+            "failed": s.failed,
+            "skipped": s.skipped,
+            "seconds": round(s.seconds, 6),
+        }
+        for s in result.stages
+    }
     save_run(
         run.workdir,
         run_id=result.run_id,
@@ -324,8 +347,10 @@ class RunHandle:
         run = self._session.run
         assert run is not None
         return {
-            name: {"concurrency": int(rt.limiter.limit) if rt.limiter else rt.conc,
-                   "rate": rt.limiter.rate if rt.limiter else None}
+            name: {
+                "concurrency": int(rt.limiter.limit) if rt.limiter else rt.conc,
+                "rate": rt.limiter.rate if rt.limiter else None,
+            }
             for name, rt in run.stages.items()
         }
 

@@ -183,7 +183,9 @@ def _check_option_names(options: Mapping[str, Any], where: str) -> None:
 
         bad = sorted(unknown)[0]
         close = difflib.get_close_matches(bad, sorted(_OPTION_NAMES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else f" Options are: {', '.join(sorted(_OPTION_NAMES))}."
+        hint = (
+            f" Did you mean {close[0]!r}?" if close else f" Options are: {', '.join(sorted(_OPTION_NAMES))}."
+        )
         raise DefinitionError(f"Unknown option {bad!r} for stage {where!r}.{hint}", stage=where)
 
 

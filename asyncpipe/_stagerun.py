@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from ._deadletter import Failure
 from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
 from ._exceptions import CacheError, SerializationError, StageError
-from ._logging import set_task_context
 from ._logging import _partition as _partition_var
+from ._logging import set_task_context
+from ._partition import ALL, PartitionKey
 
 set_partition = _partition_var.set  # a bound method: no Python call layer on the hot path
-from ._partition import ALL, PartitionKey
 
 if TYPE_CHECKING:
     from ._engine import Run
@@ -104,7 +104,9 @@ class StageRun:
         self.rng = random.Random()
         self.fetchers: list[Any] = []
         self.pending_writes: collections.deque[Any] = collections.deque()
-        self.content_fingerprint = getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
+        self.content_fingerprint = (
+            getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
+        )
         self.any_fetch = False
         self._fusable = False
 
@@ -117,7 +119,9 @@ class StageRun:
     def start_workers(self, n: int) -> None:
         for _ in range(n):
             self.live += 1
-            self.workers.append(asyncio.get_running_loop().create_task(self.worker(), name=f"asyncpipe:{self.name}"))
+            self.workers.append(
+                asyncio.get_running_loop().create_task(self.worker(), name=f"asyncpipe:{self.name}")
+            )
 
     async def upstream_done(self) -> None:
         self.open_upstreams -= 1
@@ -166,7 +170,9 @@ class StageRun:
         records = self.records
         out: Any = None
         # one plain downstream queue and nothing kept: deliver without a coroutine call
-        solo_rt = self.downstream[0][0] if len(self.downstream) == 1 and self.downstream[0][1] is None else None
+        solo_rt = (
+            self.downstream[0][0] if len(self.downstream) == 1 and self.downstream[0][1] is None else None
+        )
         solo = solo_rt.inbox if solo_rt is not None and not self.keep else None
         last_yield = now()
         try:
@@ -185,7 +191,12 @@ class StageRun:
                 if value is FAILED:
                     self.skipped += 1
                     await self.deliver(pkey, FAILED, None)
-                elif fast and (self.inline or direct_async) and type(value) is not Lazy and self.limiter is None:
+                elif (
+                    fast
+                    and (self.inline or direct_async)
+                    and type(value) is not Lazy
+                    and self.limiter is None
+                ):
                     # The hot path, inlined: ~1 us of bookkeeping around the call.
                     self.started += 1
                     t0 = now()
@@ -256,7 +267,11 @@ class StageRun:
             if dt > INLINE_BAIL and ds.mode == "inline-auto":
                 ds.inline, ds.mode = False, "thread"
             stage, value = ds, out
-            nxt = stage.downstream[0][0] if len(stage.downstream) == 1 and stage.downstream[0][1] is None else None
+            nxt = (
+                stage.downstream[0][0]
+                if len(stage.downstream) == 1 and stage.downstream[0][1] is None
+                else None
+            )
             if nxt is None or stage.keep or not nxt.fusable or nxt.limiter is not None:
                 break
             ds = nxt
@@ -344,10 +359,12 @@ class StageRun:
         if any(type(v) is Lazy for v in values):
             values = tuple([await v.get() if type(v) is Lazy else v for v in values])
         if self.any_fetch:
-            values = tuple([
-                v if f is None or not f.is_ref(v) else await f.fetch(v)
-                for v, f in zip(values, self.fetchers, strict=False)
-            ])
+            values = tuple(
+                [
+                    v if f is None or not f.is_ref(v) else await f.fetch(v)
+                    for v, f in zip(values, self.fetchers, strict=False)
+                ]
+            )
         return values
 
     async def cacheable(self, value: Any) -> Any:
@@ -361,11 +378,15 @@ class StageRun:
         values = await self.resolve(inputs)
         out = await self.compute(pkey, values, "entry corrupt")
         if out is FAILED:
-            raise StageError(f"Stage {self.name!r} failed recomputing {pkey.label}", stage=self.name, partition=pkey)
+            raise StageError(
+                f"Stage {self.name!r} failed recomputing {pkey.label}", stage=self.name, partition=pkey
+            )
         self.run.cache.store(self.name, key, out, None, pkey.id)
         return out
 
-    def build_call(self, pkey: PartitionKey, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def build_call(
+        self, pkey: PartitionKey, values: tuple[Any, ...]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         ps = self.ps
         if self.kind == "source":
             kwargs = dict(self.params)
@@ -382,7 +403,11 @@ class StageRun:
         return (), kwargs
 
     async def compute(
-        self, pkey: PartitionKey, values: tuple[Any, ...], reason: str, first: tuple[BaseException, float] | None = None
+        self,
+        pkey: PartitionKey,
+        values: tuple[Any, ...],
+        reason: str,
+        first: tuple[BaseException, float] | None = None,
     ) -> Any:
         """Call the function with retries; FAILED (after dead-lettering) on permanent failure.
 
@@ -419,8 +444,14 @@ class StageRun:
                     first_failed = first_failed or clock.time()
                     if attempt < self.retry.attempts and self.retry.retryable(exc):
                         delay = self.retry.delay(attempt, exc, self.rng)
-                        run.publish(RetryScheduled, stage=self.name, partition=pkey, attempt=attempt,
-                                    delay=delay, error=f"{type(exc).__name__}: {exc}")
+                        run.publish(
+                            RetryScheduled,
+                            stage=self.name,
+                            partition=pkey,
+                            attempt=attempt,
+                            delay=delay,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
                         await clock.sleep(delay)
                         continue
                     self.fail(pkey, exc, attempt, first_failed)
@@ -436,8 +467,9 @@ class StageRun:
         self.done += 1
         self.records.append((pkey, "ok", dt, attempt, reason))
         if run.detail:
-            run.publish_detail(PartitionFinished, self.name, pkey, dt, attempt,
-                               "miss" if self.cache_on else "off", reason)
+            run.publish_detail(
+                PartitionFinished, self.name, pkey, dt, attempt, "miss" if self.cache_on else "off", reason
+            )
         return out
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], t0: float) -> tuple[Any, float]:
@@ -485,8 +517,15 @@ class StageRun:
         self.records.append((pkey, "failed", 0.0, attempts, f"{type(exc).__name__}: {exc}"))
         failure = Failure.from_exception(self.name, pkey, exc, attempts, first, self.run.clock.time())
         self.run.failed(failure)
-        self.run.publish(PartitionFailed, stage=self.name, partition=pkey, attempts=attempts,
-                         error_type=failure.error_type, message=failure.message, traceback=failure.traceback)
+        self.run.publish(
+            PartitionFailed,
+            stage=self.name,
+            partition=pkey,
+            attempts=attempts,
+            error_type=failure.error_type,
+            message=failure.message,
+            traceback=failure.traceback,
+        )
 
 
 class _ListOf:

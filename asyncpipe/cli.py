@@ -84,7 +84,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncpipe", description="Async data pipelines, memoized as Parquet.")
+    parser = argparse.ArgumentParser(
+        prog="asyncpipe", description="Async data pipelines, memoized as Parquet."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -99,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run the demo pipeline (local files + loopback HTTP -> SQLite)")
-    demo.add_argument("--dir", default="asyncpipe-demo", help="where the demo writes its data (default: %(default)s)")
+    demo.add_argument(
+        "--dir", default="asyncpipe-demo", help="where the demo writes its data (default: %(default)s)"
+    )
     demo.add_argument("--fresh", action="store_true", help="delete the demo directory first")
     demo.set_defaults(func=_cmd_demo)
 

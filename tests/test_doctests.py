@@ -11,7 +11,9 @@ import pytest
 import asyncpipe
 
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(asyncpipe.__path__, prefix="asyncpipe.") if not m.name.endswith("__main__")
+    m.name
+    for m in pkgutil.walk_packages(asyncpipe.__path__, prefix="asyncpipe.")
+    if not m.name.endswith("__main__")
 )
 
 
@@ -22,5 +24,7 @@ def test_modules_were_found():
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    result = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.asyncio
 
 async def run(stages, inputs, **kw):
     kw.setdefault("cache", False)
-    opts = {k: kw.pop(k) for k in list(kw) if k in ("keep", "monitor", "on_event", "fail_fast", "params",
-                                                     "partition_events")}
+    opts = {
+        k: kw.pop(k)
+        for k in list(kw)
+        if k in ("keep", "monitor", "on_event", "fail_fast", "params", "partition_events")
+    }
     return await ap.Pipeline(stages, **kw).run(inputs, **opts)
 
 
@@ -157,7 +160,9 @@ async def test_one_bad_partition_never_takes_the_others_down():
     assert result.output("double") == [0, 2, 4, 8, 10]
     assert result.status == "failed"
     failures = result.failures
-    assert failures[["stage", "partition", "error_type", "attempts"]].values.tolist() == [["parse", "3", "ValueError", 1]]
+    assert failures[["stage", "partition", "error_type", "attempts"]].values.tolist() == [
+        ["parse", "3", "ValueError", 1]
+    ]
     assert "bad record 3" in failures["traceback"].iloc[0]
     with pytest.raises(ap.RunFailed, match="1 partition") as err:
         result.raise_for_failures()
@@ -191,12 +196,14 @@ async def test_run_params_reach_stages():
     pipe = ap.Pipeline([ap.source(scale)], params={"factor": 1}, cache=False)
     assert (await pipe.run([1, 2])).output("scale") == [1, 2]
     assert (await pipe.run([1, 2], params={"factor": 10})).output("scale") == [10, 20]
-    with pytest.raises(ap.DefinitionError, match="unknown parameter 'factr'. Did you mean 'factor'"):
+    with pytest.raises(ap.DefinitionError, match=r"unknown parameter 'factr'\. Did you mean 'factor'"):
         await pipe.run([1], params={"factr": 3})
 
 
 async def test_keep_all_keeps_intermediate_outputs():
-    result = await run([ap.source(lambda i: i, name="a"), ap.stage(lambda a: a + 1, name="b")], [1], keep="all")
+    result = await run(
+        [ap.source(lambda i: i, name="a"), ap.stage(lambda a: a + 1, name="b")], [1], keep="all"
+    )
     assert result["a"] == [1] and result["b"] == [2]
     with pytest.raises(KeyError, match="keep="):
         (await run([ap.source(lambda i: i, name="a"), ap.stage(lambda a: a, name="b")], [1])).partitions("a")
@@ -204,7 +211,9 @@ async def test_keep_all_keeps_intermediate_outputs():
 
 async def test_events_end_with_run_finished_and_progress_adds_up():
     events = []
-    await run([ap.source(lambda i: i, name="a"), ap.stage(lambda a: a, name="b")], range(50), on_event=events.append)
+    await run(
+        [ap.source(lambda i: i, name="a"), ap.stage(lambda a: a, name="b")], range(50), on_event=events.append
+    )
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
     assert events[-1].status == "succeeded"
@@ -269,8 +278,11 @@ async def test_cheap_inline_chain_counts_failures_and_retries_per_stage():
         return parse * 10
 
     pipe = ap.Pipeline(
-        [ap.source(lambda i: i, name="fetch", executor="inline"), ap.stage(parse, executor="inline"),
-         ap.stage(flaky, executor="inline", retries=ap.RetryPolicy(attempts=2, backoff=0, jitter=0))],
+        [
+            ap.source(lambda i: i, name="fetch", executor="inline"),
+            ap.stage(parse, executor="inline"),
+            ap.stage(flaky, executor="inline", retries=ap.RetryPolicy(attempts=2, backoff=0, jitter=0)),
+        ],
         cache=False,
     )
     result = await pipe.run(range(10), monitor=False)

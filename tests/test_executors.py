@@ -91,7 +91,9 @@ async def test_thread_and_inline_executors_are_respected():
         where["b"] = threading.get_ident()
         return a
 
-    await ap.Pipeline([ap.source(a, executor="thread"), ap.stage(b, executor="inline")], cache=False).run(range(50))
+    await ap.Pipeline([ap.source(a, executor="thread"), ap.stage(b, executor="inline")], cache=False).run(
+        range(50)
+    )
     assert where["a"] != threading.get_ident() and where["b"] == threading.get_ident()
 
 
@@ -118,7 +120,9 @@ def test_unpicklable_argument_is_a_clear_per_partition_error():
     def work(make):
         return make
 
-    result = ap.Pipeline([ap.source(make), ap.stage(work, executor="process")], cache=False).run_sync(range(3))
+    result = ap.Pipeline([ap.source(make), ap.stage(work, executor="process")], cache=False).run_sync(
+        range(3)
+    )
     assert result.output("work") == [0, 2]
     row = result.failures.iloc[0]
     assert (row["stage"], row["partition"]) == ("work", "1")
@@ -139,16 +143,21 @@ def test_large_captured_globals_warn(recwarn):
 @pytest.mark.slow
 def test_no_worker_processes_outlive_the_script(tmp_path):
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, psutil, asyncpipe as ap
         def work(i):
             return os.getpid()
         if __name__ == "__main__":
-            r = ap.Pipeline([ap.source(work, executor="process", concurrency=2)], cache=False).run_sync(range(6))
+            pipe = ap.Pipeline([ap.source(work, executor="process", concurrency=2)], cache=False)
+            r = pipe.run_sync(range(6))
             kids = [p.pid for p in psutil.Process().children(recursive=True)]
             print(" ".join(map(str, sorted(set(r.output()) | set(kids)))))
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
     pids = [int(p) for p in out.stdout.split()]
     assert pids
 
@@ -181,9 +190,11 @@ async def test_cancel_kills_process_workers_running_the_run():
     deadline = time.time() + 20
 
     def loky_workers():
-        return [p for p in psutil.Process().children(recursive=True) if "LokyProcess" in " ".join(p.cmdline())]
+        return [
+            p for p in psutil.Process().children(recursive=True) if "LokyProcess" in " ".join(p.cmdline())
+        ]
 
-    while time.time() < deadline and len(loky_workers()) < 2:
+    while time.time() < deadline and len(loky_workers()) < 2:  # noqa: ASYNC110 - polling other processes
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
     workers = loky_workers()

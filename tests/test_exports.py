@@ -16,7 +16,8 @@ def test_all_is_sorted_and_every_name_resolves():
 
 def test_public_classes_and_functions_have_docstrings():
     missing = [
-        n for n in asyncpipe.__all__
+        n
+        for n in asyncpipe.__all__
         if callable(getattr(asyncpipe, n)) and not (getattr(asyncpipe, n).__doc__ or "").strip()
     ]
     assert missing == []

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -47,7 +46,7 @@ def test_no_item_lost_or_duplicated_under_transient_and_permanent_faults(tmp_pat
     dead = set(result.failures["partition"].astype(int))
     assert dead == PERMANENT
     assert got | dead == set(range(N)) and not got & dead  # zero lost, none twice
-    assert all(v == k.item ** 2 for k, v in out.items())  # equals the fault-free output
+    assert all(v == k.item**2 for k, v in out.items())  # equals the fault-free output
     assert len(out) == N - len(PERMANENT)
     assert set(result.failures["attempts"]) == {1}  # ValueError is not retried
     assert all(attempts[i] == 2 for i in TRANSIENT - PERMANENT)
@@ -113,14 +112,22 @@ def test_kill_9_at_random_points_then_resume_matches_a_clean_run(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(CHILD)
     clean_dir, clean_log = tmp_path / "clean", tmp_path / "clean.log"
-    clean = subprocess.run([sys.executable, str(script), str(clean_dir), str(clean_log)],
-                           capture_output=True, text=True, check=True, timeout=60)
+    clean = subprocess.run(
+        [sys.executable, str(script), str(clean_dir), str(clean_log)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     expected = json.loads(clean.stdout)
     rng = random.Random(20261204)
     for trial in range(5):
         work, log = tmp_path / f"w{trial}", tmp_path / f"t{trial}.log"
-        proc = subprocess.Popen([sys.executable, str(script), str(work), str(log)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(work), str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         target = rng.randint(5, 100)  # stage calls logged before the kill
         deadline = time.time() + 30
         while time.time() < deadline and proc.poll() is None:
@@ -130,10 +137,15 @@ def test_kill_9_at_random_points_then_resume_matches_a_clean_run(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         done_before = log.read_text().splitlines() if log.exists() else []
-        resumed = subprocess.run([sys.executable, str(script), str(work), str(log)],
-                                 capture_output=True, text=True, check=True, timeout=60)
+        resumed = subprocess.run(
+            [sys.executable, str(script), str(work), str(log)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         assert json.loads(resumed.stdout) == expected, f"trial {trial}"
-        after = log.read_text().splitlines()[len(done_before):]
+        after = log.read_text().splitlines()[len(done_before) :]
         recomputed = set(done_before) & set(after)
         # At most the partitions in flight when killed: per stage, `concurrency` (4) being
         # computed plus `concurrency` whose cache write was not yet durable.

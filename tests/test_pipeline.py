@@ -31,7 +31,9 @@ def test_missing_input_suggests_close_name():
     def clean(data):
         return data
 
-    with pytest.raises(DefinitionError, match=r"needs input 'fetched', which no stage provides\. Did you mean 'fetch'"):
+    with pytest.raises(
+        DefinitionError, match=r"needs input 'fetched', which no stage provides\. Did you mean 'fetch'"
+    ):
         ap.Pipeline([fetch, clean])
 
 
@@ -39,7 +41,9 @@ def test_unmatched_parameter_is_an_error_naming_the_stage():
     def clean(fetch, threshold):
         return fetch
 
-    with pytest.raises(DefinitionError, match="Parameter 'threshold' of stage 'clean' matches no stage") as err:
+    with pytest.raises(
+        DefinitionError, match="Parameter 'threshold' of stage 'clean' matches no stage"
+    ) as err:
         ap.Pipeline([fetch, clean])
     assert err.value.stage == "clean"
 
@@ -146,7 +150,7 @@ def test_bad_concurrency_and_retries():
 
 
 def test_keep_must_name_known_stages():
-    with pytest.raises(DefinitionError, match="keep names unknown stage 'pars'. Did you mean 'parse'"):
+    with pytest.raises(DefinitionError, match=r"keep names unknown stage 'pars'\. Did you mean 'parse'"):
         ap.Pipeline([fetch, parse], keep=["pars"])
 
 

@@ -28,7 +28,9 @@ def test_retry_after_hint_is_honoured_up_to_max_delay():
 
 def test_retryable_classification():
     p = RetryPolicy()
-    assert p.retryable(TimeoutError()) and p.retryable(ConnectionResetError()) and p.retryable(ap.Overloaded())
+    assert (
+        p.retryable(TimeoutError()) and p.retryable(ConnectionResetError()) and p.retryable(ap.Overloaded())
+    )
     assert not p.retryable(ValueError()) and not p.retryable(asyncio.CancelledError())
     custom = RetryPolicy(predicate=lambda e: isinstance(e, ValueError))
     assert custom.retryable(ValueError()) and not custom.retryable(OSError())
@@ -55,7 +57,9 @@ async def test_engine_waits_the_backoff_on_the_injected_clock():
         return i
 
     events = []
-    pipe = ap.Pipeline([ap.source(flaky, retries=RetryPolicy(attempts=3, backoff=2.0, jitter=0.0))], cache=False)
+    pipe = ap.Pipeline(
+        [ap.source(flaky, retries=RetryPolicy(attempts=3, backoff=2.0, jitter=0.0))], cache=False
+    )
     task = asyncio.ensure_future(pipe.run([7], clock=clock, on_event=events.append, monitor=False))
     while not task.done():
         await asyncio.sleep(0)
@@ -90,7 +94,9 @@ async def test_permanent_failure_after_attempts_is_dead_lettered_with_attempt_co
     async def broken(i):
         raise TimeoutError("always")
 
-    pipe = ap.Pipeline([ap.source(broken, retries=RetryPolicy(attempts=3, backoff=0.0, jitter=0.0))], cache=False)
+    pipe = ap.Pipeline(
+        [ap.source(broken, retries=RetryPolicy(attempts=3, backoff=0.0, jitter=0.0))], cache=False
+    )
     result = await pipe.run([1, 2])
     assert result.failures["attempts"].tolist() == [3, 3]
 

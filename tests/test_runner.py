@@ -30,7 +30,7 @@ def test_run_sync_inside_a_running_loop_uses_a_private_loop():
 
 
 def test_start_without_a_loop_explains_what_to_do():
-    with pytest.raises(ap.AsyncpipeError, match="start\\(\\) needs a running event loop.*run_sync"):
+    with pytest.raises(ap.AsyncpipeError, match=r"start\(\) needs a running event loop.*run_sync"):
         _pipe(lambda i: i).start([1])
 
 
@@ -135,5 +135,5 @@ def test_keyboard_interrupt_in_run_sync_cancels_the_run():
 
 
 def test_unknown_run_option_is_an_error():
-    with pytest.raises(TypeError, match="unknown option.*kep"):
+    with pytest.raises(TypeError, match=r"unknown option.*kep"):
         _pipe(lambda i: i).run_sync([1], kep="all")

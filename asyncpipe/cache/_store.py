@@ -252,7 +252,8 @@ class ParquetStoreBackend(FileSystemStoreBackend):
         # Integrity: a CRC32 per data page, written and verified natively by pyarrow (a
         # Python-level hashing file object cost ~35 ms per 20 MB entry in GIL round trips),
         # plus our footer key, which only a complete write has.
-        meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps({"kind": kind, "crc": "page"}).encode()}
+        marker = json.dumps({"kind": kind, "crc": "page"}).encode()
+        meta = {**(table.schema.metadata or {}), _META_KEY: marker}
         pq.write_table(table.replace_schema_metadata(meta), filename, write_page_checksum=True,
                        **ParquetStoreBackend.write_options)
 
@@ -317,7 +318,8 @@ def _read_parquet(data: bytes, filename: str) -> Any:
         table = pf.read()
     except OSError as exc:  # a page CRC mismatch, a damaged page header...
         raise CorruptEntry(f"Cache entry {filename} fails its page checksums: {exc}") from exc
-    table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items() if k != _META_KEY})
+    schema_meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != _META_KEY}
+    table = table.replace_schema_metadata(schema_meta)
     return table if meta["kind"] == "table" else table.to_pandas()
 
 

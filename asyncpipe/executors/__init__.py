@@ -45,6 +45,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'asyncpipe.executors' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
 
+
 _REGISTRY: dict[str, str | Callable[..., Executor]] = {
     "async": "asyncpipe.executors._local:AsyncExecutor",
     "inline": "asyncpipe.executors._local:InlineExecutor",

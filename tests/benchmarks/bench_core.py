@@ -54,7 +54,9 @@ async def handwritten(items: list[int], workers: int = 4) -> list[int]:
         for _ in range(workers):
             await q1.put(None)
 
-    async def worker(qin: asyncio.Queue[Any], qout: asyncio.Queue[Any] | None, fn: Any, is_async: bool) -> None:
+    async def worker(
+        qin: asyncio.Queue[Any], qout: asyncio.Queue[Any] | None, fn: Any, is_async: bool
+    ) -> None:
         while True:
             env = await qin.get()
             if env is None:
@@ -72,7 +74,9 @@ async def handwritten(items: list[int], workers: int = 4) -> list[int]:
             for _ in range(workers):
                 await qout.put(None)
 
-    await asyncio.gather(feed(), stage(q1, q2, _s1, True), stage(q2, q3, _s2, False), stage(q3, None, _s3, False))
+    await asyncio.gather(
+        feed(), stage(q1, q2, _s1, True), stage(q2, q3, _s2, False), stage(q3, None, _s3, False)
+    )
     return [out[i] for i in range(len(items))]
 
 
@@ -88,9 +92,13 @@ async def gather_semaphore(items: list[int], limit: int = 16) -> list[int]:
 
 def p1_pipeline() -> ap.Pipeline:
     return ap.Pipeline(
-        [ap.source(_s1, name="fetch"), ap.stage(_s2, name="inc", inputs={"x": "fetch"}),
-         ap.stage(_s3, name="double", inputs={"x": "inc"})],
-        name="p1", cache=False,
+        [
+            ap.source(_s1, name="fetch"),
+            ap.stage(_s2, name="inc", inputs={"x": "fetch"}),
+            ap.stage(_s3, name="double", inputs={"x": "inc"}),
+        ],
+        name="p1",
+        cache=False,
     )
 
 
@@ -111,9 +119,22 @@ def p1(quick: bool) -> list[dict[str, Any]]:
     )
     us = {k: v / n * 1e6 for k, v in times.items()}
     return [
-        result("P1-per-item", "us/item (20k items, 3 stages)", us["asyncpipe"], "hand-written asyncio.Queue",
-               us["handwritten"], "<= 1.5"),
-        result("P1-per-item-vs-gather", "us/item", us["asyncpipe"], "asyncio.gather+Semaphore", us["gather"], "<= 1.5"),
+        result(
+            "P1-per-item",
+            "us/item (20k items, 3 stages)",
+            us["asyncpipe"],
+            "hand-written asyncio.Queue",
+            us["handwritten"],
+            "<= 1.5",
+        ),
+        result(
+            "P1-per-item-vs-gather",
+            "us/item",
+            us["asyncpipe"],
+            "asyncio.gather+Semaphore",
+            us["gather"],
+            "<= 1.5",
+        ),
     ]
 
 
@@ -132,8 +153,16 @@ def p2(quick: bool) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         asyncio.run(pipe.run(range(500), monitor=False))
         samples.append(time.perf_counter() - t0)
-    return [result("P2-fan-out", "wall s (500 x 50 ms, concurrency 50)", statistics.median(samples), "ideal", 0.5,
-                   "<= 1.1")]
+    return [
+        result(
+            "P2-fan-out",
+            "wall s (500 x 50 ms, concurrency 50)",
+            statistics.median(samples),
+            "ideal",
+            0.5,
+            "<= 1.1",
+        )
+    ]
 
 
 # -- P4 ------------------------------------------------------------------------------------
@@ -166,8 +195,12 @@ def p4(quick: bool) -> list[dict[str, Any]]:
 
     parts = list(range(16))
     seconds = 0.25 if not quick else 0.15
-    pipe = ap.Pipeline([ap.source(cpu_work, name="crunch", executor="process", concurrency=2)],
-                       name="p4", cache=False, params={"seconds": seconds})
+    pipe = ap.Pipeline(
+        [ap.source(cpu_work, name="crunch", executor="process", concurrency=2)],
+        name="p4",
+        cache=False,
+        params={"seconds": seconds},
+    )
 
     def serial() -> None:
         [cpu_work(i, seconds) for i in parts]
@@ -188,11 +221,27 @@ def p4(quick: bool) -> list[dict[str, Any]]:
     best_peer = min(times["ppe"], times["joblib"])
     best_name = "ProcessPoolExecutor" if times["ppe"] <= times["joblib"] else "joblib.Parallel(loky)"
     return [
-        result("P4-cpu-speedup", "speedup vs serial (16 x CPU work, 2 workers)", times["serial"] / times["asyncpipe"],
-               None, None, ">= 1.8"),
-        result("P4-cpu-vs-peers", "throughput relative to best peer", best_peer / times["asyncpipe"], None, None,
-               ">= 0.95") | {"baseline_name": best_name, "baseline_value": round(best_peer, 4),
-                             "value": round(times["asyncpipe"], 4)},
+        result(
+            "P4-cpu-speedup",
+            "speedup vs serial (16 x CPU work, 2 workers)",
+            times["serial"] / times["asyncpipe"],
+            None,
+            None,
+            ">= 1.8",
+        ),
+        result(
+            "P4-cpu-vs-peers",
+            "throughput relative to best peer",
+            best_peer / times["asyncpipe"],
+            None,
+            None,
+            ">= 0.95",
+        )
+        | {
+            "baseline_name": best_name,
+            "baseline_value": round(best_peer, 4),
+            "value": round(times["asyncpipe"], 4),
+        },
     ]
 
 
@@ -220,6 +269,7 @@ def _write(df: Any, path: str) -> None:
 
 def _p5_child(mode: str, n: int, out: str) -> None:
     if mode == "asyncpipe":
+
         @ap.sink(concurrency=8)
         def save(make, partition):
             _write(make, os.path.join(out, f"{partition.id}.parquet"))
@@ -227,6 +277,7 @@ def _p5_child(mode: str, n: int, out: str) -> None:
         pipe = ap.Pipeline([ap.source(_make, name="make", concurrency=8), save], name="p5", cache=False)
         asyncio.run(pipe.run(range(n), monitor=False))
     elif mode == "handwritten":
+
         async def main() -> None:
             q: asyncio.Queue[Any] = asyncio.Queue(8)
             sem = asyncio.Semaphore(8)
@@ -248,6 +299,7 @@ def _p5_child(mode: str, n: int, out: str) -> None:
 
         asyncio.run(main())
     else:  # gather everything, then write
+
         async def main() -> None:
             frames = await asyncio.gather(*[_make(i) for i in range(n)])
             for i, df in enumerate(frames):
@@ -263,15 +315,32 @@ def p5(quick: bool) -> list[dict[str, Any]]:
     for _ in range(1 if quick else 3):
         for mode in peaks:
             with tempfile.TemporaryDirectory() as out:
-                proc = subprocess.run([sys.executable, __file__, "--p5-child", mode, str(n), out],
-                                      capture_output=True, text=True, check=True,
-                                      env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--p5-child", mode, str(n), out],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)},
+                )
                 peaks[mode].append(int(proc.stdout.split()[-1]))
     med = {k: statistics.median(v) / 2**20 for k, v in peaks.items()}
     return [
-        result("P5-memory", f"peak RSS MB ({n} x 5 MB frames, concurrency 8)", med["asyncpipe"],
-               "hand-written bounded asyncio", med["handwritten"], "<= 1.25"),
-        result("P5-memory-vs-gather", "peak RSS MB", med["asyncpipe"], "gather-everything", med["gather"], "<= 1.0"),
+        result(
+            "P5-memory",
+            f"peak RSS MB ({n} x 5 MB frames, concurrency 8)",
+            med["asyncpipe"],
+            "hand-written bounded asyncio",
+            med["handwritten"],
+            "<= 1.25",
+        ),
+        result(
+            "P5-memory-vs-gather",
+            "peak RSS MB",
+            med["asyncpipe"],
+            "gather-everything",
+            med["gather"],
+            "<= 1.0",
+        ),
     ]
 
 

@@ -53,7 +53,9 @@ def _measure(name: str, work: Callable[[], Awaitable[Any]], repeats: int) -> lis
         worst.append(w * 1e3)
         p99.append(p * 1e3)
     return [
-        result(f"P8-{name}-worst", "worst extra ticker delay, ms", statistics.median(worst), None, None, "<= 20"),
+        result(
+            f"P8-{name}-worst", "worst extra ticker delay, ms", statistics.median(worst), None, None, "<= 20"
+        ),
         result(f"P8-{name}-p99", "p99 extra ticker delay, ms", statistics.median(p99), None, None, "<= 5"),
     ]
 
@@ -138,8 +140,13 @@ def case_pipefunc(repeats: int) -> list[dict[str, Any]]:
 
     async def work() -> None:
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
-            r = pf.map_async(inputs={"x": list(range(20_000))}, run_folder=None, storage="dict", executor=ex,
-                             show_progress=False)
+            r = pf.map_async(
+                inputs={"x": list(range(20_000))},
+                run_folder=None,
+                storage="dict",
+                executor=ex,
+                show_progress=False,
+            )
             await r.task
 
     rows = _measure("pipefunc-p1", work, repeats)

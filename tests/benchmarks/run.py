@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ASYNCPIPE_BENCH_NAMES"] = ",".join(args.names)
     for path in sorted(HERE.glob("bench_*.py")):
         prefixes = PREFIXES.get(path.stem, ())
-        if args.names and prefixes and not any(p.startswith(n) or n.startswith(p) for n in args.names for p in prefixes):
+        if (
+            args.names
+            and prefixes
+            and not any(p.startswith(n) or n.startswith(p) for n in args.names for p in prefixes)
+        ):
             continue
         t0 = time.perf_counter()
         try:
@@ -58,21 +62,38 @@ def main(argv: list[str] | None = None) -> int:
             found = module.run(args.quick)
         except Exception as exc:  # a broken bench is reported, the others still run
             print(f"{path.stem}: FAILED to run: {type(exc).__name__}: {exc}", file=sys.stderr)
-            found = [{"name": f"{path.stem}-error", "metric": "error", "value": None, "baseline_name": None,
-                      "baseline_value": None, "ratio": None, "goal": str(exc)[:200], "met": False}]
+            found = [
+                {
+                    "name": f"{path.stem}-error",
+                    "metric": "error",
+                    "value": None,
+                    "baseline_name": None,
+                    "baseline_value": None,
+                    "ratio": None,
+                    "goal": str(exc)[:200],
+                    "met": False,
+                }
+            ]
         found = [r for r in found if not args.names or any(r["name"].startswith(n) for n in args.names)]
         results.extend(found)
         print(f"# {path.stem}: {len(found)} figures in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     width = max((len(r["name"]) for r in results), default=10)
-    print(f"{'name':<{width}}  {'value':>12}  {'baseline':>12}  {'ratio':>8}  {'goal':<10} met  metric / baseline")
+    head = f"{'name':<{width}}  {'value':>12}  {'baseline':>12}  {'ratio':>8}  {'goal':<10} met"
+    print(head + "  metric / baseline")
     for r in results:
         val = "-" if r["value"] is None else f"{r['value']:.4g}"
         base = "-" if r["baseline_value"] is None else f"{r['baseline_value']:.4g}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        print(f"{r['name']:<{width}}  {val:>12}  {base:>12}  {ratio:>8}  {r['goal']:<10} {'yes' if r['met'] else 'NO '}"
-              f"  {r['metric']} / {r['baseline_name'] or '-'}")
-    payload = {"machine": {"python": platform.python_version(), "platform": platform.platform()},
-               "quick": args.quick, "results": results}
+        met = "yes" if r["met"] else "NO "
+        print(
+            f"{r['name']:<{width}}  {val:>12}  {base:>12}  {ratio:>8}  {r['goal']:<10} {met}"
+            f"  {r['metric']} / {r['baseline_name'] or '-'}"
+        )
+    payload = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "quick": args.quick,
+        "results": results,
+    }
     Path(args.json).write_text(json.dumps(payload, indent=1))
     return 0 if all(r["met"] for r in results) else 1
 

@@ -7,7 +7,6 @@ version range in pyproject.toml is widened.
 from __future__ import annotations
 
 import inspect
-import io
 import os
 
 import joblib
