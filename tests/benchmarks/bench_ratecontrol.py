@@ -39,7 +39,6 @@ import psutil
 
 from asyncpipe._adaptive import Adaptive
 from asyncpipe._exceptions import Overloaded
-from asyncpipe._governor import ResourceGovernor
 from asyncpipe._limiter import Limiter, classify
 
 BASE = 0.005  # flat latency of the simulated service (s)
@@ -342,7 +341,8 @@ def p6b(quick: bool) -> list[dict[str, Any]]:
             "ratio": peak / budget,
             "goal": "<= 1.1 and all partitions done",
             "met": peak / budget <= 1.1 and ok,
-            "note": f"{n} x 50 MB partitions through Pipeline(memory_budget=1 GB), concurrency 32, {elapsed:.2f} s, "
+            "note": f"{n} x 50 MB partitions through Pipeline(memory_budget=1 GB), concurrency 32, "
+            f"{elapsed:.2f} s, "
             f"max peak {max(r['peak'] for r in runs) / MB:.0f} MB, "
             f"ceiling changes {runs[0]['changes']}",
         },
