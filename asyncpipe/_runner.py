@@ -12,8 +12,8 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._engine import Run
 from ._events import Event, EventBus
@@ -27,7 +27,9 @@ from ._stagerun import Lazy
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ["RunHandle", "run_pipeline", "run_pipeline_sync", "start_pipeline"]
+__all__ = ["RunHandle", "call_on_private_loop", "run_pipeline", "run_pipeline_sync", "start_pipeline"]
+
+T = TypeVar("T")
 
 _CACHES: dict[str, Any] = {}
 
@@ -417,16 +419,21 @@ async def run_pipeline_session(session: _Session) -> RunResult:
 _BACKGROUND: set[asyncio.Task[Any]] = set()
 
 
-def run_pipeline_sync(pipe: Pipeline, inputs: Iterable[Any] | None, **options: Any) -> RunResult:
+def call_on_private_loop(make: Callable[[], Awaitable[T]], *, name: str) -> T:
+    """Run ``make()`` to completion on a new event loop in a worker thread and return its result.
+
+    The way to block from synchronous code without touching the caller's loop (a
+    running kernel loop cannot be re-entered, and patching it breaks ipykernel 7):
+    Ctrl-C / kernel interrupt in the calling thread cancels the task, then re-raises.
+    """
     box: dict[str, Any] = {}
     ready = threading.Event()
 
     def target() -> None:
         loop = asyncio.new_event_loop()
-        box["loop"] = loop
         try:
-            task = loop.create_task(run_pipeline(pipe, inputs, **options))
-            box["task"] = task
+            task = loop.create_task(make())
+            box["loop"], box["task"] = loop, task
             ready.set()
             box["result"] = loop.run_until_complete(task)
         except BaseException as exc:
@@ -439,7 +446,7 @@ def run_pipeline_sync(pipe: Pipeline, inputs: Iterable[Any] | None, **options: A
             finally:
                 loop.close()
 
-    thread = threading.Thread(target=target, name=f"asyncpipe-run:{pipe.name}", daemon=True)
+    thread = threading.Thread(target=target, name=f"asyncpipe-run:{name}", daemon=True)
     thread.start()
     try:
         while thread.is_alive():
@@ -452,8 +459,12 @@ def run_pipeline_sync(pipe: Pipeline, inputs: Iterable[Any] | None, **options: A
         thread.join(10)
         raise
     if "error" in box:
-        err = box["error"]
-        if isinstance(err, asyncio.CancelledError):
-            raise RunCancelled(f"Run of {pipe.name!r} was cancelled.") from None
-        raise err
-    return box["result"]
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def run_pipeline_sync(pipe: Pipeline, inputs: Iterable[Any] | None, **options: Any) -> RunResult:
+    try:
+        return call_on_private_loop(lambda: run_pipeline(pipe, inputs, **options), name=pipe.name)
+    except asyncio.CancelledError:
+        raise RunCancelled(f"Run of {pipe.name!r} was cancelled.") from None

@@ -19,12 +19,12 @@ deterministic :meth:`~asyncpipe.RunResult.summary` — for CI and nbval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import hashlib
 import linecache
 import shlex
 import sys
-import threading
 import types
 from typing import Any
 
@@ -264,42 +264,27 @@ def run_blocking(pipe: Any, inputs: Any, run_options: dict[str, Any], *, monitor
     Never patches the caller's loop (a running kernel loop cannot be re-entered);
     Ctrl-C / kernel interrupt cancels the run.
     """
-    box: dict[str, Any] = {}
-    started = threading.Event()
+    from .._runner import call_on_private_loop
 
-    async def main() -> None:
+    async def main() -> Any:
         handle = pipe.start(inputs, **run_options)
-        box["handle"], box["loop"] = handle, asyncio.get_running_loop()
-        started.set()
         try:
             await handle
+        except asyncio.CancelledError:  # interrupted: the run goes down with the cell
+            handle.cancel()
+            with contextlib.suppress(BaseException):
+                await handle
+            raise
         except BaseException:  # the outcome is read from handle.task
             pass
+        return handle
 
-    def target() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            started.set()
-
-    thread = threading.Thread(target=target, name=f"asyncpipe-wait:{pipe.name}", daemon=True)
-    thread.start()
     try:
-        while thread.is_alive():
-            thread.join(0.1)
+        handle = call_on_private_loop(main, name=pipe.name)
     except KeyboardInterrupt:
-        started.wait()
-        loop, handle = box.get("loop"), box.get("handle")
-        if loop is not None and handle is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(handle.cancel)
-        thread.join(10)
         raise RunCancelled(f"Run of {pipe.name!r} was interrupted.") from None
-    if "handle" not in box:
-        err = box.get("error")
+    except Exception as err:
         raise UsageError(f"Pipeline {pipe.name!r} could not start: {err}") from None
-    handle = box["handle"]
     mon = None
     if monitor and handle.metrics is not None:
         from ._monitor import Monitor
