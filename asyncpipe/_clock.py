@@ -16,7 +16,27 @@ __all__ = ["Clock", "FakeClock", "SystemClock"]
 
 
 class Clock:
-    """Interface: a monotonic ``now()``, wall-clock ``time()`` and ``sleep()``."""
+    """Interface: a monotonic ``now()``, wall-clock ``time()`` and ``sleep()``.
+
+    Code that waits takes a ``Clock``, so a test can pass a :class:`FakeClock`
+    (``pipe.run(..., clock=...)`` does the same for a whole run):
+
+    >>> import asyncio
+    >>> import asyncpipe as ap
+    >>> async def poll(clock: ap.Clock, tries: int, every: float) -> float:
+    ...     start = clock.now()
+    ...     for _ in range(tries):
+    ...         await clock.sleep(every)
+    ...     return clock.now() - start
+    >>> async def main():
+    ...     clock = ap.FakeClock()
+    ...     task = asyncio.create_task(poll(clock, 3, 10.0))
+    ...     await asyncio.sleep(0)  # let it start sleeping
+    ...     await clock.run_for(30.0, step=1.0)  # 30 "seconds" pass at once
+    ...     return await task
+    >>> asyncio.run(main())
+    30.0
+    """
 
     def now(self) -> float:
         """Monotonic seconds, for durations."""
@@ -32,7 +52,16 @@ class Clock:
 
 
 class SystemClock(Clock):
-    """The real clock: ``time.perf_counter`` and ``asyncio.sleep``."""
+    """The real clock: ``time.perf_counter`` and ``asyncio.sleep``.
+
+    >>> import asyncio
+    >>> import asyncpipe as ap
+    >>> clock = ap.SystemClock()
+    >>> start = clock.now()
+    >>> asyncio.run(clock.sleep(0.01))
+    >>> clock.now() - start > 0.005, clock.time() > 1.6e9
+    (True, True)
+    """
 
     now = staticmethod(time.perf_counter)
     time = staticmethod(time.time)
