@@ -112,7 +112,17 @@ _OPTION_NAMES: Final = frozenset(f.name for f in fields(StageOptions))
 class Stage:
     """A function with a kind, a name, explicit input wiring and options.
 
-    Calling a ``Stage`` calls the function unchanged.
+    Calling a ``Stage`` calls the function unchanged. The decorators (:func:`stage`,
+    :func:`source`, :func:`reduce`, :func:`sink`) build one; build it directly to
+    wrap a function you cannot decorate:
+
+    >>> import asyncpipe as ap
+    >>> st = ap.Stage(int, kind="map", name="parse", inputs={"x": "lines"})
+    >>> st.name, st.kind, st.inputs, st("42")
+    ('parse', 'map', {'x': 'lines'}, 42)
+    >>> slow = st.with_options(executor="thread", timeout=5.0)
+    >>> slow.options.executor, slow.options.timeout, st.options.timeout is ap.DEFAULT
+    ('thread', 5.0, True)
     """
 
     fn: Callable[..., Any]
@@ -232,6 +242,18 @@ stage.__doc__ = """Declare a per-partition (map) stage; works bare or with keywo
 Parameters named like an upstream stage receive that stage's output for the same
 partition; ``inputs={"param": "stage_name"}`` wires explicitly. A parameter named
 ``partition`` receives the :class:`~asyncpipe.PartitionKey`.
+
+>>> import asyncpipe as ap
+>>> @ap.stage
+... def squared(numbers):
+...     return numbers * numbers
+>>> squared(3)  # still the plain function: unit-test it without an engine
+9
+>>> @ap.stage(concurrency=8, retries=2, inputs={"values": "numbers"})
+... def halved(values):
+...     return values / 2
+>>> halved.kind, halved.inputs, halved.options.concurrency, halved.options.retries
+('map', {'values': 'numbers'}, 8, 2)
 """
 source = _decorator("source")
 source.__doc__ = """Declare a source stage: called once per input item.
@@ -264,4 +286,20 @@ sink.__doc__ = """Declare a sink stage: consumes each partition for its side eff
 
 Sinks must be idempotent per partition (re-runs, retries and resumes may call
 them again for the same partition): write one object per partition, atomically.
+
+>>> import json, os, tempfile
+>>> import asyncpipe as ap
+>>> out = tempfile.mkdtemp()
+>>> @ap.source
+... def numbers(n):
+...     return n
+>>> @ap.sink
+... def save(numbers, partition):
+...     path = os.path.join(out, f"{partition.id}.json")  # the same name on every re-run
+...     with open(path + ".tmp", "w") as f:
+...         json.dump(numbers, f)
+...     os.replace(path + ".tmp", path)  # atomic
+>>> result = ap.Pipeline([numbers, save], cache=False, workdir=tempfile.mkdtemp()).run_sync([1, 2, 3])
+>>> result.ok, len(os.listdir(out))
+(True, 3)
 """
