@@ -280,6 +280,38 @@ class RunHandle:
 
     ``await handle`` returns the :class:`RunResult` (raises :class:`RunCancelled`
     if it was cancelled). ``handle.progress`` is a live metrics snapshot.
+
+    >>> import asyncio, tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... async def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... async def double(numbers):
+    ...     return 2 * numbers
+    >>> pipe = ap.Pipeline([numbers, double], cache=False, workdir=tempfile.mkdtemp())
+    >>> async def main():
+    ...     handle = pipe.start(range(10))  # returns at once: the run is a task on this loop
+    ...     result = await handle
+    ...     return handle.status, handle.counts()["double"], result["double"][:3]
+    >>> asyncio.run(main())
+    ('succeeded', {'done': 10, 'cached': 0, 'failed': 0, 'running': 0}, [0, 2, 4])
+
+    Cancelling stops every stage; awaiting the handle then raises :class:`RunCancelled`:
+
+    >>> @ap.stage
+    ... async def stuck(numbers):
+    ...     await asyncio.Event().wait()
+    >>> async def cancel_it():
+    ...     handle = ap.Pipeline([numbers, stuck], cache=False, workdir=tempfile.mkdtemp()).start(range(3))
+    ...     await asyncio.sleep(0.01)
+    ...     handle.cancel()
+    ...     try:
+    ...         await handle
+    ...     except ap.RunCancelled:
+    ...         return handle.status
+    >>> asyncio.run(cancel_it())
+    'cancelled'
     """
 
     def __init__(self, session: _Session, task: asyncio.Task[RunResult]) -> None:
