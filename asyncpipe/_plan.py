@@ -58,7 +58,25 @@ class PlannedStage:
 
 @dataclass(frozen=True)
 class Plan:
-    """Stages in topological order; what ``Pipeline.plan`` shows in a notebook."""
+    """Stages in topological order; what ``Pipeline.plan`` shows in a notebook.
+
+    Built (and validated) with the pipeline, before anything runs:
+
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage(concurrency=8, retries=2)
+    ... def squared(numbers):
+    ...     return numbers * numbers
+    >>> plan = ap.Pipeline([numbers, squared], name="squares", cache=False).plan
+    >>> plan.names, plan["squared"].upstream, plan["squared"].retry.attempts
+    (('numbers', 'squared'), ('numbers',), 3)
+    >>> print(plan)
+    Plan 'squares': 2 stages
+      source numbers (n<-inputs) executor=auto concurrency=4 retries=0 cache=off -> squared
+      map    squared (numbers<-numbers) executor=auto concurrency=8 retries=2 cache=off
+    """
 
     name: str
     stages: tuple[PlannedStage, ...]
