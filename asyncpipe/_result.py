@@ -38,6 +38,32 @@ class RunResult:
     partitions in input order: one DataFrame when the partitions are DataFrames,
     the single value of a reduce, else a list. :meth:`partitions` gives them per
     :class:`PartitionKey`. ``failures`` is the dead-letter table.
+
+    >>> import tempfile
+    >>> import asyncpipe as ap
+    >>> @ap.source
+    ... def numbers(n):
+    ...     return n
+    >>> @ap.stage
+    ... def inverse(numbers):
+    ...     return 1 / numbers
+    >>> pipe = ap.Pipeline([numbers, inverse], name="inv", cache=False, workdir=tempfile.mkdtemp())
+    >>> result = pipe.run_sync([1, 0, 4])
+    >>> result.status, result.ok, result["inverse"]
+    ('failed', False, [1.0, 0.25])
+    >>> {key.item: value for key, value in result.partitions("inverse").items()}
+    {1: 1.0, 4: 0.25}
+    >>> print(result.summary())
+    run inv: failed, 3 inputs, 1 failed
+      numbers              done=3 cached=0 failed=0
+      inverse              done=2 cached=0 failed=1
+    >>> result.failures[["stage", "partition", "error_type"]].to_dict("records")
+    [{'stage': 'inverse', 'partition': '0', 'error_type': 'ZeroDivisionError'}]
+    >>> try:
+    ...     result.raise_for_failures()
+    ... except ap.RunFailed as err:
+    ...     print(len(err.failures), type(err.__cause__).__name__)
+    1 ZeroDivisionError
     """
 
     run_id: str
