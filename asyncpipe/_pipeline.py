@@ -33,6 +33,7 @@ _PIPELINE_DEFAULTS: dict[str, Any] = {
 class Pipeline:
     """Stages wired by parameter name into a DAG that partitions stream through.
 
+    >>> import tempfile
     >>> import asyncpipe as ap
     >>> @ap.source
     ... async def numbers(n):
@@ -40,7 +41,7 @@ class Pipeline:
     >>> @ap.stage
     ... def squared(numbers):
     ...     return numbers * numbers
-    >>> pipe = ap.Pipeline([numbers, squared], name="squares", cache=False)
+    >>> pipe = ap.Pipeline([numbers, squared], name="squares", cache=False, workdir=tempfile.mkdtemp())
     >>> result = pipe.run_sync(range(4))
     >>> result.output("squared")
     [0, 1, 4, 9]
