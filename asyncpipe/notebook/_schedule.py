@@ -7,13 +7,14 @@ when the next one is due, that occurrence is recorded as ``skipped`` instead
 of piling up runs. Cron expressions use croniter in the machine's local time
 zone. Every schedule is listed by :func:`schedules` until cancelled.
 
->>> import asyncio, asyncpipe as ap
+>>> import asyncio, tempfile, asyncpipe as ap
 >>> from asyncpipe._clock import FakeClock
 >>> def numbers(n):
 ...     return n
 >>> async def main():
 ...     clock = FakeClock()
-...     sched = schedule(ap.Pipeline([numbers], cache=False), inputs=[1, 2], every=1, clock=clock)
+...     pipe = ap.Pipeline([numbers], cache=False, workdir=tempfile.mkdtemp())
+...     sched = schedule(pipe, inputs=[1, 2], every=1, clock=clock)
 ...     await clock.run_for(61, step=1)      # one minute passes: one run starts
 ...     await sched.history[0].handle
 ...     sched.cancel()
@@ -224,10 +225,42 @@ def schedule(
 
     ``run_options`` go to ``pipe.start`` (``params``, ``cache``...). Returns the
     :class:`Schedule`; ``schedule.cancel()`` stops it, :func:`schedules` lists them.
+
+    >>> import asyncio, tempfile
+    >>> import asyncpipe as ap
+    >>> def numbers(n):
+    ...     return n
+    >>> pipe = ap.Pipeline([numbers], name="nums", cache=False, workdir=tempfile.mkdtemp())
+    >>> async def main():
+    ...     clock = ap.FakeClock()  # the example fast-forwards a minute instead of waiting
+    ...     sched = ap.schedule(pipe, inputs=[1, 2], every=1, clock=clock)
+    ...     await clock.run_for(61, step=1)  # one minute passes: one run starts
+    ...     result = await sched.history[0].handle
+    ...     sched.cancel()
+    ...     return sched.description, [r.status for r in sched.history], result["numbers"]
+    >>> asyncio.run(main())
+    ('every 1 min', ['succeeded'], [1, 2])
     """
     return Schedule(pipe, inputs=inputs, every=every, cron=cron, clock=clock, run_options=run_options)
 
 
 def schedules() -> list[Schedule]:
-    """The active schedules of this kernel, oldest first."""
+    """The active schedules of this kernel, oldest first.
+
+    >>> import asyncio, tempfile
+    >>> import asyncpipe as ap
+    >>> def numbers(n):
+    ...     return n
+    >>> pipe = ap.Pipeline([numbers], name="nums", cache=False, workdir=tempfile.mkdtemp())
+    >>> async def main():
+    ...     hourly = ap.schedule(pipe, inputs=[1], every=60)
+    ...     mornings = ap.schedule(pipe, inputs=[1], cron="0 6 * * 1-5")  # 6:00 on weekdays
+    ...     listed = [s.description for s in ap.schedules() if s.pipe is pipe]
+    ...     hourly.cancel()
+    ...     left = [s.description for s in ap.schedules() if s.pipe is pipe]
+    ...     mornings.cancel()
+    ...     return listed, left
+    >>> asyncio.run(main())
+    (['every 60 min', "cron '0 6 * * 1-5'"], ["cron '0 6 * * 1-5'"])
+    """
     return list(_ACTIVE)
