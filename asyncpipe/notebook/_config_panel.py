@@ -237,7 +237,25 @@ def _duration(rec: Any) -> str:
 
 
 def panel(pipe: Any, inputs: Any = None, *, display: bool = True, charts: bool = True) -> ConfigPanel:
-    """Show a form to configure, run and schedule ``pipe``; returns the :class:`ConfigPanel`."""
+    """Show a form to configure, run and schedule ``pipe``; returns the :class:`ConfigPanel`.
+
+    In a notebook, ``ap.panel(pipe)`` displays the form. Headless (``display=False``)
+    the widgets can be filled in and read back, as a user would:
+
+    >>> import asyncpipe as ap
+    >>> def numbers(n):
+    ...     return n
+    >>> def doubled(numbers):
+    ...     return 2 * numbers
+    >>> p = ap.panel(ap.Pipeline([numbers, doubled], cache=False), inputs=range(3), display=False)
+    >>> sorted(p.stage_fields["doubled"])
+    ['concurrency', 'executor', 'rate', 'retries']
+    >>> p.stage_fields["doubled"]["rate"].value = "10/s"
+    >>> p.stage_fields["doubled"]["retries"].value = 2
+    >>> planned = p.configured().plan["doubled"]
+    >>> planned.rate, planned.retry.attempts
+    ('10/s', 3)
+    """
     p = ConfigPanel(pipe, inputs, charts=charts)
     if display:
         from IPython.display import display as show
