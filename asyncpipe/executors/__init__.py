@@ -7,6 +7,20 @@ default for sync functions: a thread, or inline once measured cheap),
 (a ``distributed`` cluster, imported lazily). :func:`register_executor` adds more.
 
 This package imports nothing heavy: worker processes import it.
+
+>>> import tempfile, threading
+>>> import asyncpipe as ap
+>>> {"async", "inline", "thread", "auto", "process", "dask"} <= set(ap.executors.executor_names())
+True
+>>> @ap.source
+... def numbers(n):
+...     return n
+>>> @ap.stage(executor="thread", concurrency=2)  # a blocking function: keep it off the loop
+... def worker(numbers):
+...     return threading.current_thread().name.startswith("asyncpipe")
+>>> pipe = ap.Pipeline([numbers, worker], cache=False, workdir=tempfile.mkdtemp())
+>>> pipe.plan["worker"].executor, pipe.run_sync([1, 2])["worker"]
+('thread', [True, True])
 """
 
 from __future__ import annotations
