@@ -7,11 +7,11 @@ most every :data:`CHART_REFRESH` seconds and rendered to PNG in a worker thread.
 On :class:`~asyncpipe._events.RunFinished` (success, failure and cancel alike)
 the final state is painted, charts included.
 
->>> import asyncio, asyncpipe as ap
+>>> import asyncio, tempfile, asyncpipe as ap
 >>> def numbers(n):
 ...     return n
 >>> async def main():
-...     handle = ap.Pipeline([numbers], name="demo", cache=False).start(range(5))
+...     handle = ap.Pipeline([numbers], name="demo", cache=False, workdir=tempfile.mkdtemp()).start(range(5))
 ...     mon = Monitor(handle, charts=False)
 ...     await mon.wait()
 ...     return mon.header.value
