@@ -9,11 +9,12 @@ Everything a ``RunHandle`` has is delegated (``cancel()``, ``pause()``,
 - ``outputs`` / ``failures`` / ``summary()`` read the result once the run is over;
 - its ``repr`` is a plain-text and HTML summary, for places widgets cannot render.
 
->>> import asyncio, asyncpipe as ap
+>>> import asyncio, tempfile, asyncpipe as ap
 >>> def numbers(n):
 ...     return n * 10
 >>> async def main():
-...     run = NotebookRun(ap.Pipeline([numbers], name="demo", cache=False).start(range(3)))
+...     pipe = ap.Pipeline([numbers], name="demo", cache=False, workdir=tempfile.mkdtemp())
+...     run = NotebookRun(pipe.start(range(3)))
 ...     result = await run
 ...     return run.outputs["numbers"], run.status
 >>> asyncio.run(main())
