@@ -13,6 +13,7 @@ The main CLI calls :func:`register` with its subparsers::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Any
@@ -23,6 +24,10 @@ __all__ = ["DEFAULT_DIR", "main", "parse_age", "parse_size", "register"]
 
 #: Project-local default, next to the notebook: ``Pipeline(cache=True)`` uses the same.
 DEFAULT_DIR = ".asyncpipe/cache"
+
+#: Exit code when the reader closed stdout early: 128 + SIGPIPE, what a shell reports
+#: for a tool that SIGPIPE killed (``ls | head``).
+EXIT_BROKEN_PIPE = 141
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 2**20,
                "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -71,7 +76,35 @@ def register(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one ``cache`` subcommand; return the exit code."""
+    """Run one ``cache`` subcommand; return the exit code.
+
+    A reader that stops early (``asyncpipe cache ls | head``) ends the command quietly
+    with :data:`EXIT_BROKEN_PIPE`, like a Unix tool killed by SIGPIPE, not with a traceback.
+    """
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's final flush cannot fail again
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a file-like without a descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _run(args: argparse.Namespace) -> int:
     root = args.dir
     if args.cache_command == "ls":
         df = _manage.list_entries(root, args.stage)
