@@ -22,7 +22,7 @@ class JoinRun(StageRun):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, 2 * self.conc))
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, self.conc))
         self.broadcast_slots = [i for i, up in enumerate(self.slots) if up in self.ps.broadcast]
         self.dispatcher: asyncio.Task[None] | None = None
 
@@ -178,7 +178,7 @@ class ReduceRun(StageRun):
             if hit:
                 self.cached += 1
                 self.done += 1
-                self.records.append((ALL, "cached", 0.0, 0, ""))
+                self.records.append((ALL, "cached", 0.0, 0, "cache hit"))
                 await self.deliver(ALL, Lazy(self, ALL, key, values), key)
                 return
         try:

@@ -109,6 +109,7 @@ class _Session:
             clock=options.get("clock"),
             executors=options.get("executors"),
         )
+        self.run.freeze_gc = bool(options.get("freeze_gc", True))
 
     async def execute(self) -> RunResult:
         run = self.run
@@ -222,6 +223,7 @@ _RUN_OPTIONS = frozenset(
         "clock",
         "executors",
         "progress",
+        "freeze_gc",
     }
 )
 

@@ -101,8 +101,8 @@ class StageOptions:
         return replace(self, **updates)
 
     def set_options(self) -> dict[str, Any]:
-        """The options given explicitly (not ``DEFAULT``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not DEFAULT}
+        """The options given explicitly (not left at their defaults)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
 _OPTION_NAMES: Final = frozenset(f.name for f in fields(StageOptions))

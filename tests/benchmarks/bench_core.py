@@ -306,7 +306,17 @@ def _p5_child(mode: str, n: int, out: str) -> None:
                 await asyncio.to_thread(_write, df, os.path.join(out, f"{i}.parquet"))
 
         asyncio.run(main())
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(_peak_rss())
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: on Linux that survives exec, so a
+    child started from a big benchmark process would report its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def p5(quick: bool) -> list[dict[str, Any]]:
