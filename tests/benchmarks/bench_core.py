@@ -195,8 +195,11 @@ def p4(quick: bool) -> list[dict[str, Any]]:
 
     parts = list(range(16))
     seconds = 0.25 if not quick else 0.15
+    from asyncpipe.executors import ProcessExecutor
+
+    workers = ProcessExecutor(max_workers=2)  # 2 worker processes; default concurrency queues 2 tasks each
     pipe = ap.Pipeline(
-        [ap.source(cpu_work, name="crunch", executor="process", concurrency=2)],
+        [ap.source(cpu_work, name="crunch", executor="process")],
         name="p4",
         cache=False,
         params={"seconds": seconds},
@@ -206,7 +209,7 @@ def p4(quick: bool) -> list[dict[str, Any]]:
         [cpu_work(i, seconds) for i in parts]
 
     def ours() -> None:
-        pipe.run_sync(parts, monitor=False)
+        pipe.run_sync(parts, monitor=False, executors={"process": workers})
 
     def ppe() -> None:
         with concurrent.futures.ProcessPoolExecutor(2) as ex:
