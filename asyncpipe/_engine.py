@@ -407,7 +407,7 @@ class Run:
             for rt in self.stages.values():
                 rt.finalize()
             for rt in self.stages.values():
-                rt.start_workers(rt.conc)
+                rt.start_workers(rt.n_workers)
                 self._tasks.extend(rt.workers)
             self._tasks.append(loop.create_task(self._feed(), name="asyncpipe:feed"))
             flusher = loop.create_task(self._flusher(), name="asyncpipe:flush")

@@ -9,7 +9,6 @@ sync functions run inline on the loop (yielding every ``YIELD_EVERY`` seconds).
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import os
 import random
@@ -115,12 +114,14 @@ class StageRun:
         self.total: int | None = None
         self.rng = random.Random()
         self.fetchers: list[Any] = []
-        self.pending_writes: collections.deque[Any] = collections.deque()
+        #: cached stages: permits for partitions computed but not yet durable (see handle)
+        self.flight: asyncio.Semaphore | None = None
         self.content_fingerprint = (
             getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
         )
         self.any_fetch = False
         self._fusable = False
+        self.n_workers = self.conc
 
     @property
     def running(self) -> int:
@@ -320,8 +321,20 @@ class StageRun:
                 await self.deliver(pkey, Lazy(self, pkey, key, values), key)
                 return
         values = await self.resolve(values)
-        out = await self.compute(pkey, values, reason)
+        flight = self.flight if key is not None else None
+        if flight is not None:
+            # a permit from compute start until the output is durable: at most
+            # `concurrency` partitions of this stage are computed-but-not-yet-written
+            await flight.acquire()
+        try:
+            out = await self.compute(pkey, values, reason)
+        except BaseException:
+            if flight is not None:
+                flight.release()
+            raise
         if out is FAILED:
+            if flight is not None:
+                flight.release()
             await self.deliver(pkey, FAILED, None)
             return
         if self.is_async_gen or self.is_sync_gen:
@@ -333,25 +346,16 @@ class StageRun:
             return
         write = None
         if key is not None:
-            write = self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
+            try:
+                write = self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
+            finally:
+                if flight is not None:
+                    if write is None:
+                        flight.release()
+                    else:  # downstream gets the value now; the permit returns once it is durable
+                        loop = asyncio.get_running_loop()
+                        write.add_done_callback(lambda _: loop.call_soon_threadsafe(flight.release))
         await self.deliver(pkey, out, key)
-        if write is not None:
-            await self.bound_writes(write)
-
-    async def bound_writes(self, write: Any) -> None:
-        """Keep at most ``concurrency`` of this stage's cache writes in flight.
-
-        Downstream stages never wait for a write (the value was delivered first); this
-        worker does, when its stage's writes fall behind. It bounds memory held by
-        pending writes and what a crash can lose: computed-but-not-durable partitions
-        per stage <= concurrency.
-        """
-        pending = self.pending_writes
-        pending.append(write)
-        while pending and pending[0].done():
-            pending.popleft()
-        while len(pending) > self.conc:
-            await asyncio.wrap_future(pending.popleft())
 
     def bind_fetchers(self) -> None:
         """Per input slot, the remote executor whose references must be fetched before calling.
@@ -366,8 +370,15 @@ class StageRun:
         self.any_fetch = any(f is not None for f in self.fetchers)
 
     def finalize(self) -> None:
-        """Once the cache is open: decide whether upstream workers may call this stage directly."""
+        """Once the cache is open: decide whether upstream workers may call this stage directly,
+        and how many workers it needs."""
         self._fusable = self.kind in ("map", "sink") and type(self) is StageRun and self.fast_path()
+        self.n_workers = self.conc
+        if self.cache_on and self.kind != "reduce" and not (self.is_async_gen or self.is_sync_gen):
+            # twice the workers, `concurrency` permits: one worker computes while another's
+            # output is still being written, and a crash loses at most `concurrency` partitions
+            self.flight = asyncio.Semaphore(self.conc)
+            self.n_workers = 2 * self.conc
 
     async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         if any(type(v) is Lazy for v in values):
