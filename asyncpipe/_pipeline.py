@@ -127,7 +127,7 @@ class Pipeline:
     async def run(self, inputs: Iterable[Any] | None = None, **options: Any) -> RunResult:
         """Run to completion on the running loop and return the :class:`RunResult`.
 
-        Options: ``params``, ``cache``, ``fail_fast``, ``keep``, ``on_event``
+        Options: ``params``, ``cache``, ``fail_fast``, ``keep``, ``freeze_gc``, ``on_event``
         (callback), ``progress`` (terminal progress), ``monitor`` (metrics and
         resource sampling, default True), ``clock``.
         """
