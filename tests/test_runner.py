@@ -137,3 +137,20 @@ def test_keyboard_interrupt_in_run_sync_cancels_the_run():
 def test_unknown_run_option_is_an_error():
     with pytest.raises(TypeError, match=r"unknown option.*kep"):
         _pipe(lambda i: i).run_sync([1], kep="all")
+
+
+def test_runs_freeze_preexisting_objects_out_of_gc_scans_and_undo_it():
+    import gc
+
+    seen = []
+
+    def probe(i):
+        seen.append(gc.get_freeze_count())
+        return i
+
+    before = gc.get_freeze_count()
+    _pipe(probe).run_sync([1])
+    assert seen[-1] > before  # objects alive at the start were frozen during the run
+    assert gc.get_freeze_count() == before  # and put back afterwards
+    _pipe(probe).run_sync([1], freeze_gc=False)
+    assert seen[-1] == before
