@@ -68,7 +68,7 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "._retry",
     "RunCancelled": "._exceptions",
     "RunFailed": "._exceptions",
-    "RunHandle": "._runner",
+    "RunHandle": "._handle",
     "RunResult": "._result",
     "SerializationError": "._exceptions",
     "Stage": "._stage",
@@ -140,6 +140,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         TransientError,
     )
     from ._governor import ResourceGovernor
+    from ._handle import RunHandle
     from ._history import RunNotFoundError, RunRecord, load_run, runs
     from ._logging import configure_logging, log_context
     from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
@@ -149,6 +150,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._progress import TerminalProgress
     from ._result import RunResult
     from ._retry import RetryPolicy
-    from ._runner import RunHandle
     from ._stage import DEFAULT, Stage, reduce, sink, source, stage
     from .notebook import monitor, panel, schedule, schedules

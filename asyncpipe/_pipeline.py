@@ -15,8 +15,8 @@ from ._retry import RetryPolicy
 from ._stage import DEFAULT, RESERVED_PARAMS, Stage, StageOptions
 
 if TYPE_CHECKING:
+    from ._handle import RunHandle
     from ._result import RunResult
-    from ._runner import RunHandle
 
 __all__ = ["Pipeline"]
 
