@@ -403,7 +403,7 @@ class Run:
             self._done = loop.create_future()
             self._open = len(self.stages)
             if self.governed:
-                self._start_governor(loop)
+                await self._start_governor(loop)
             for rt in self.stages.values():
                 rt.finalize()
             for rt in self.stages.values():
@@ -444,7 +444,7 @@ class Run:
                 error=None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             )
 
-    def _start_governor(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_governor(self, loop: asyncio.AbstractEventLoop) -> None:
         from ._governor import ResourceGovernor
         from ._limiter import Limiter
 
@@ -453,11 +453,16 @@ class Run:
         self._admission = Limiter(
             ADMISSION, concurrency=fan_out, clock=self.clock, on_change=self._limit_changed
         )
-        self._governor = ResourceGovernor(memory_budget=self.pipe.memory_budget, clock=self.clock)
+        sample = cluster_sampler([rt.executor for rt in self.stages.values()])
+        self._governor = ResourceGovernor(
+            memory_budget=self.pipe.memory_budget, clock=self.clock, sample=sample
+        )
         heavy = [
             rt.limiter for rt in self.stages.values() if rt.limiter is not None and rt.ps.executor != "async"
         ]
-        self._governor.attach(self._admission, heavy)  # before the first item: it measures the baseline
+        # before the first item: the baseline memory the governor's model starts from
+        rss0 = None if sample is None else (await sample())[1]
+        self._governor.attach(self._admission, heavy, rss0=rss0)
         self.tracking = True
         self._tasks.append(loop.create_task(self._governor.run(), name="asyncpipe:governor"))
 
@@ -522,6 +527,29 @@ class Run:
     @property
     def workdir(self) -> str:
         return os.fspath(self.pipe.workdir)
+
+
+def cluster_sampler(executors: list[Executor]) -> Callable[[], Any] | None:
+    """When stages run on a cluster, the governor's sample: this process tree's CPU and RSS
+    plus the workers' memory as the scheduler reports it (None: no cluster, use psutil)."""
+    clients = {id(c): c for ex in executors if ex.remote and (c := getattr(ex, "client", None)) is not None}
+    if not clients:
+        return None
+    from ._governor import _TreeSampler
+    from .executors._dask import worker_memory
+
+    tree = _TreeSampler()
+
+    async def sample() -> tuple[float, int]:
+        cpu, rss = await asyncio.to_thread(tree.sample)
+        for client in clients.values():
+            try:
+                rss += await worker_memory(client)
+            except Exception:  # a scheduler hiccup must not stop the run: count what we know
+                _log.debug("could not read worker memory from the scheduler", exc_info=True)
+        return cpu, rss
+
+    return sample
 
 
 def _default_classify(exc: BaseException) -> str:

@@ -47,6 +47,7 @@ deadlock on it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import os
@@ -144,7 +145,7 @@ class ResourceGovernor:
         self._applied: dict[int, int | None] = {}
         self._tree: _TreeSampler | None = None
 
-    def attach(self, admission: Limiter, cpu_stages: list[Limiter]) -> None:
+    def attach(self, admission: Limiter, cpu_stages: list[Limiter], *, rss0: int | None = None) -> None:
         """Govern ``admission`` (partitions inside the pipeline) and the given CPU-heavy stages.
 
         Call it before the first partition is admitted: it measures the unloaded RSS (``rss0``
@@ -153,7 +154,9 @@ class ResourceGovernor:
         """
         self._admission = admission
         self._cpu_stages = list(cpu_stages)
-        if self._sample is not None:
+        if rss0 is not None:  # measured by the caller (e.g. including a cluster's workers)
+            self._rss0 = int(rss0)
+        elif self._sample is not None:
             self._rss0 = int(self._sample()[1])
         else:
             import psutil
@@ -271,7 +274,8 @@ class ResourceGovernor:
         try:
             while True:
                 if self._sample is not None:
-                    cpu, rss = self._sample()
+                    got = self._sample()
+                    cpu, rss = (await got) if inspect.isawaitable(got) else got
                 else:
                     if self._tree is None:
                         self._tree = _TreeSampler()

@@ -438,3 +438,32 @@ def test_repr_and_bad_arguments():
     assert "not started" in repr(DaskExecutor(address="tcp://127.0.0.1:1"))
     with pytest.raises(ValueError, match="either client= or address="):
         DaskExecutor(client=object(), address="tcp://x:1")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_governor_reads_worker_memory_from_the_scheduler(cluster):
+    from asyncpipe._engine import cluster_sampler
+    from asyncpipe.executors._local import ThreadExecutor
+
+    assert cluster_sampler([ThreadExecutor()]) is None  # no cluster: the governor uses psutil
+    ex = DaskExecutor(address=cluster.scheduler_address)
+    try:
+        await ex.start()
+        sample = cluster_sampler([ex])
+        assert sample is not None
+        _, rss = await sample()
+        workers = await worker_memory(ex.client)
+        local = psutil.Process().memory_info().rss
+        assert workers > 0
+        assert rss >= workers + local // 2  # this process tree plus the cluster's workers
+
+        # and a governed run with dask stages goes through it and completes
+        @ap.source(executor="dask")
+        def square(i):
+            return i * i
+
+        pipe = ap.Pipeline([square], name="governed", cache=False, memory_budget=64 << 30)
+        res = await pipe.run(range(6), executors={"dask": ex})
+        assert res.output() == [0, 1, 4, 9, 16, 25]
+    finally:
+        await ex.aclose()
