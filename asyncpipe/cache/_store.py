@@ -254,8 +254,11 @@ class ParquetStoreBackend(FileSystemStoreBackend):
         # plus our footer key, which only a complete write has.
         marker = json.dumps({"kind": kind, "crc": "page"}).encode()
         meta = {**(table.schema.metadata or {}), _META_KEY: marker}
-        pq.write_table(table.replace_schema_metadata(meta), filename, write_page_checksum=True,
-                       **ParquetStoreBackend.write_options)
+        # Dictionary columns (pandas categoricals) keep dictionary encoding: without it the
+        # categories come back in order of appearance, not in their own order.
+        dict_cols = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+        options = {**ParquetStoreBackend.write_options, "use_dictionary": dict_cols or False}
+        pq.write_table(table.replace_schema_metadata(meta), filename, write_page_checksum=True, **options)
 
     @staticmethod
     def _write_pickle(value: Any, filename: str) -> None:

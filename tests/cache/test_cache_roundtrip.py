@@ -186,3 +186,19 @@ def test_dump_item_warns_about_pickle_fallback(backend):
         backend.dump_item(["s", "2" * 32], pd.DataFrame({0: [1]}))
     assert [w.category for w in caught] == [CacheWarning]
     assert backend.contains_item(["s", "2" * 32])
+
+
+def test_categorical_categories_keep_their_order(tmp_path):
+    """Found by hypothesis: without dictionary encoding, categories came back in order of appearance."""
+    import pandas as pd
+    import pandas.testing as pdt
+
+    from asyncpipe.cache._store import PARQUET, ParquetStoreBackend
+
+    df = pd.DataFrame({"c": pd.Categorical(["0", ""])})
+    assert df["c"].cat.categories.tolist() == ["", "0"]
+    ParquetStoreBackend._write_parquet(df, str(tmp_path / PARQUET))
+    from asyncpipe.cache._store import _read_parquet
+
+    back = _read_parquet((tmp_path / PARQUET).read_bytes(), "x")
+    pdt.assert_frame_equal(back, df)
