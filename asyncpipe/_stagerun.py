@@ -114,6 +114,7 @@ class StageRun:
         self.total: int | None = None
         self.rng = random.Random()
         self.fetchers: list[Any] = []
+        self.worker_store: Any = None  # StoreOnWorker when a cluster writes its own cache entries
         #: cached stages: permits for partitions computed but not yet durable (see handle)
         self.flight: asyncio.Semaphore | None = None
         self.content_fingerprint = (
@@ -327,7 +328,7 @@ class StageRun:
             # `concurrency` partitions of this stage are computed-but-not-yet-written
             await flight.acquire()
         try:
-            out = await self.compute(pkey, values, reason)
+            out = await self.compute(pkey, values, reason, key=key)
         except BaseException:
             if flight is not None:
                 flight.release()
@@ -345,7 +346,11 @@ class StageRun:
                 await self.deliver(spkey, part, skey)
             return
         write = None
-        if key is not None:
+        if key is not None and self.worker_store is not None:
+            self.run.cache.record(self.name, key, parts, pkey.id)  # the worker wrote it already
+            if flight is not None:
+                flight.release()
+        elif key is not None:
             try:
                 write = self.run.cache.store(self.name, key, await self.cacheable(out), parts, pkey.id)
             finally:
@@ -374,6 +379,13 @@ class StageRun:
         and how many workers it needs."""
         self._fusable = self.kind in ("map", "sink") and type(self) is StageRun and self.fast_path()
         self.n_workers = self.conc
+        cache = self.run.cache
+        shared = getattr(cache, "shared", False)
+        if self.cache_on and self.executor.remote and shared and self.kind != "reduce":
+            from .cache._remote import StoreOnWorker
+
+            self.worker_store = StoreOnWorker(self.fn, str(cache.location), cache.stage_dir(self.name))
+            self.executor.prepare(self.worker_store, self.name, self.conc)
         if self.cache_on and self.kind != "reduce" and not (self.is_async_gen or self.is_sync_gen):
             # twice the workers, `concurrency` permits: one worker computes while another's
             # output is still being written, and a crash loses at most `concurrency` partitions
@@ -382,7 +394,7 @@ class StageRun:
 
     async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         if any(type(v) is Lazy for v in values):
-            values = tuple([await v.get() if type(v) is Lazy else v for v in values])
+            values = tuple([await self.load(v) if type(v) is Lazy else v for v in values])
         if self.any_fetch:
             values = tuple(
                 [
@@ -391,6 +403,19 @@ class StageRun:
                 ]
             )
         return values
+
+    async def load(self, lazy: Lazy) -> Any:
+        """A cached input: on shared storage a worker of this stage's executor reads it
+        itself (the value stays on the cluster); otherwise it is loaded here."""
+        if self.worker_store is not None:
+            from .cache._remote import load_entry
+
+            where = (self.worker_store.location, self.run.cache.stage_dir(lazy.rt.name), lazy.key)
+            try:
+                return await self.executor.submit(load_entry, where, {})
+            except Exception:  # missing or corrupt there: load (and recompute) here
+                pass
+        return await lazy.get()
 
     async def cacheable(self, value: Any) -> Any:
         """The value to write to the cache: a remote result is fetched (the client caches it)."""
@@ -433,10 +458,12 @@ class StageRun:
         values: tuple[Any, ...],
         reason: str,
         first: tuple[BaseException, float] | None = None,
+        key: str | None = None,
     ) -> Any:
         """Call the function with retries; FAILED (after dead-lettering) on permanent failure.
 
         ``first`` is an attempt already made by the worker's fast path that raised.
+        ``key``: the cache key, for stages whose worker writes its own entry.
         """
         run = self.run
         args, kwargs = self.build_call(pkey, values)
@@ -457,7 +484,7 @@ class StageRun:
                     if first is not None:
                         exc, first = first[0], None
                         raise exc
-                    out, dt = await self.call(args, kwargs, t0)
+                    out, dt = await self.call(args, kwargs, t0, key)
                 except asyncio.CancelledError:
                     if lim is not None:
                         lim.release("cancelled", clock.now() - t0)
@@ -497,8 +524,16 @@ class StageRun:
             )
         return out
 
-    async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], t0: float) -> tuple[Any, float]:
+    async def call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], t0: float, key: str | None = None
+    ) -> tuple[Any, float]:
         now = self.run.clock.now
+        if key is not None and self.worker_store is not None:
+            # shared cache: the worker that computes the output writes its entry
+            from .cache._remote import KEY_KWARG
+
+            call = self.executor.submit(self.worker_store, args, {**kwargs, KEY_KWARG: key})
+            return await self._bounded(call), now() - t0
         if self.inline:
             out = self.fn(*args, **kwargs)
             dt = now() - t0

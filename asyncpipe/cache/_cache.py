@@ -84,7 +84,15 @@ class Cache:
     """Memoizes stage outputs in ``location`` (Parquet for frames, pickle otherwise)."""
 
     def __init__(self, location: str | os.PathLike[str], *, memory_limit: int = 512 * 2**20) -> None:
-        self.location = pathlib.Path(location).expanduser().absolute()
+        text = os.fspath(location)
+        #: a ``file://`` location is shared storage: cluster workers read and write entries there
+        self.shared = text.startswith("file://")
+        if "://" in text and not self.shared:
+            raise ValueError(
+                f"Cache location {text!r}: only local paths and file:// URLs (a directory every "
+                "worker mounts) are supported. Mount object storage as a file system to share it."
+            )
+        self.location = pathlib.Path(text[len("file://"):] if self.shared else text).expanduser().absolute()
         # A pathlib location keeps joblib from adding a "joblib/" level.
         self.memory = joblib.Memory(self.location, backend="asyncpipe", verbose=0)
         self._backend: ParquetStoreBackend = self.memory.store_backend
@@ -273,9 +281,32 @@ class Cache:
         frozen = freeze(value)
         return value, frozen, estimate_size(frozen, exact=True)
 
+    def record(self, stage: str, key: str, parts: KeyParts | None, partition_id: str) -> None:
+        """Register an entry that was written elsewhere (by a cluster worker, on shared storage)."""
+        idx = self._stage(stage)
+        idx.keys.add(key)
+        self._all_keys.add(key)
+        idx.corrupt.discard(key)
+        record = parts.record() if parts is not None else None
+        if record is None:
+            return
+        idx.records[partition_id] = record
+        if record.code in self._code_funcs:
+            idx.codes.setdefault(record.code, self._code_funcs[record.code])
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="asyncpipe-cache")
+        fut = self._writer.submit(self._write, stage, key, None, "", record, partition_id)
+        self._pending[f"record:{key}"] = fut
+        fut.add_done_callback(functools.partial(self._done, f"record:{key}"))
+
+    def stage_dir(self, stage: str) -> str:
+        """The directory name of ``stage`` under :attr:`location`."""
+        return stage_dirname(stage)
+
     def _write(self, stage: str, key: str, frozen: Any, fmt: str, record: Record | None, pid: str) -> None:
         try:
-            self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
+            if fmt:  # "" when the entry was written by a worker and only the log line is ours
+                self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
             if record is not None:
                 lines: list[dict[str, Any]] = []
                 if (stage, record.code) not in self._logged_codes and record.code in self._code_funcs:

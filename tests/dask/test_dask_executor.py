@@ -467,3 +467,50 @@ async def test_governor_reads_worker_memory_from_the_scheduler(cluster):
         assert res.output() == [0, 1, 4, 9, 16, 25]
     finally:
         await ex.aclose()
+
+
+@pytest.mark.asyncio
+async def test_shared_cache_is_written_and_read_by_the_workers(cluster, tmp_path):
+    """cache="file://..." (a directory every worker mounts): dask stages write their own
+    entries on the worker and read cached inputs there; no value passes through the client."""
+    ex = CountingDask(address=cluster.scheduler_address)
+    writers = tmp_path / "writers"
+    writers.mkdir()
+
+    @ap.source(executor="dask")
+    def load(i):
+        return {"i": i, "pid": os.getpid()}
+
+    @ap.stage(executor="dask", cache=False)
+    def tag(load):
+        (writers / f"{load['i']}-{os.getpid()}-{time.monotonic_ns()}").touch()
+        return load["i"] * 10
+
+    location = tmp_path / "shared-cache"
+    pipe = ap.Pipeline([load, tag], name="shared", cache=f"file://{location}", keep="all")
+    try:
+        first = await pipe.run(range(6), executors={"dask": ex})
+        assert first.output("tag") == [0, 10, 20, 30, 40, 50]
+        worker_pids = {v["pid"] for v in first.output("load")}
+        assert os.getpid() not in worker_pids
+        entries = list((location / "load").glob("*/output.*"))
+        assert len(entries) == 6  # written by the workers themselves
+        fetched_first = ex.fetched
+        assert fetched_first == 12  # only the kept outputs, at the end (6 load + 6 tag)
+
+        # warm: `load` hits; `tag` (not cached) runs on the workers, which read `load` there
+        second = await pipe.run(range(6), executors={"dask": ex}, keep=["tag"])
+        assert second.output("tag") == [0, 10, 20, 30, 40, 50]
+        assert {s.name: s.cached for s in second.stages} == {"load": 6, "tag": 0}
+        assert ex.fetched - fetched_first == 6  # the kept `tag` outputs only
+        assert len(list(writers.iterdir())) == 12
+    finally:
+        await ex.aclose()
+
+
+def test_object_storage_cache_locations_are_refused_clearly(tmp_path):
+    from asyncpipe.cache import Cache
+
+    with pytest.raises(ValueError, match="only local paths and file:// URLs"):
+        Cache("s3://bucket/cache")
+    assert Cache(f"file://{tmp_path}").shared and not Cache(tmp_path).shared
