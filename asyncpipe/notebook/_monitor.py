@@ -98,6 +98,8 @@ class Monitor:
         self.errors = w.HTML()
         self.chart = w.Image(format="png", layout=w.Layout(width="100%", max_width="900px"))
         self.charts = None
+        #: draw chart frames in a helper process (keeps matplotlib off the kernel's GIL)
+        self.render_out_of_process = True
         if charts:
             from ._charts import LiveCharts
 
@@ -265,13 +267,28 @@ class Monitor:
             return
         self._rendering = True
         try:
-            png = await asyncio.to_thread(charts.render, charts.frame(), relayout=final)
+            png = await self._render(charts, final)
         except Exception:  # a chart must never break the run or the panel
             _log.exception("rendering the monitor charts failed")
             return
         finally:
             self._rendering = False
         self._set_image(png)
+
+    async def _render(self, charts: Any, final: bool) -> bytes:
+        """A PNG frame, drawn in the chart helper process (see ``_render``), else a thread."""
+        from . import _render
+
+        pool = _render.renderer() if self.render_out_of_process else None
+        frame = charts.frame()
+        if pool is not None:
+            try:
+                fut = pool.submit(_render.render_frame, tuple(self._stage_names), frame, final)
+                return await asyncio.wrap_future(fut)
+            except Exception:
+                _log.warning("the chart helper process failed; rendering in a thread", exc_info=True)
+                _render.discard()
+        return await asyncio.to_thread(charts.render, frame, relayout=final)
 
     def _set_image(self, png: bytes) -> None:
         self.chart.value = png

@@ -133,3 +133,32 @@ def test_monitor_needs_metrics():
         await handle
 
     asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_chart_frames_are_drawn_in_a_helper_process_with_a_thread_fallback(comm_log, monkeypatch):
+    import os
+
+    from asyncpipe.notebook import _render
+
+    drawn_in: list[int] = []
+    real = Monitor._render
+
+    async def spy(self, charts, final):
+        png = await real(self, charts, final)
+        pool = _render.renderer() if self.render_out_of_process else None
+        drawn_in.append(pool.submit(os.getpid).result() if pool is not None else os.getpid())
+        return png
+
+    monkeypatch.setattr(Monitor, "_render", spy)
+    mon = Monitor(_pipe().start(range(20)))
+    await mon
+    assert mon.chart.value[:4] == b"\x89PNG"
+    assert drawn_in and os.getpid() not in drawn_in  # matplotlib ran in the helper, not here
+
+    # no helper available: frames are still drawn, in a thread of this process
+    monkeypatch.setattr(_render, "renderer", lambda: None)
+    drawn_in.clear()
+    mon = Monitor(_pipe().start(range(20)))
+    await mon
+    assert mon.chart.value[:4] == b"\x89PNG" and drawn_in and set(drawn_in) == {os.getpid()}
