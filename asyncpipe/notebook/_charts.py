@@ -49,10 +49,33 @@ class LiveCharts:
     def __init__(
         self, stages: Sequence[str], *, width: float = 10.0, height: float = 2.4, dpi: int = 72
     ) -> None:
+        self.stages = list(stages)
+        self._size = (width, height, dpi)
+        self._t: list[float] = []
+        self._thr: dict[str, list[float]] = {s: [] for s in self.stages}
+        self._lim: dict[str, list[float]] = {s: [] for s in self.stages}
+        self._cpu: list[float] = []
+        self._rss: list[float] = []
+        self._stride = 1
+        self._calls = 0
+        self._lock = threading.Lock()  # one render at a time; the figure is not thread-safe
+        self.renders = 0
+        self._built = False
+
+    def __getattr__(self, name: str) -> Any:
+        # The figure is built on first use: a monitor whose frames are drawn in the chart
+        # helper process never imports matplotlib in the kernel.
+        if name in ("figure", "axes", "lines", "_canvas") and not self.__dict__.get("_built", True):
+            self._build()
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _build(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self.stages = list(stages)
+        self._built = True
+        width, height, dpi = self._size
         self.figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
         self._canvas = FigureCanvasAgg(self.figure)
         ax_thr, ax_res, ax_lim = self.figure.subplots(1, 3)
@@ -75,15 +98,6 @@ class LiveCharts:
         if self.stages:
             ax_thr.legend(fontsize=7, loc="upper left")
         ax_res.legend(handles=[self.lines["cpu"], self.lines["rss"]], fontsize=7, loc="upper left")
-        self._t: list[float] = []
-        self._thr: dict[str, list[float]] = {s: [] for s in self.stages}
-        self._lim: dict[str, list[float]] = {s: [] for s in self.stages}
-        self._cpu: list[float] = []
-        self._rss: list[float] = []
-        self._stride = 1
-        self._calls = 0
-        self._lock = threading.Lock()  # one render at a time; the figure is not thread-safe
-        self.renders = 0
 
     # -- on the loop -------------------------------------------------------------------
     def record(self, snap: Any, *, force: bool = False) -> None:
