@@ -3,7 +3,8 @@
 A timer task on the loop polls ``handle.metrics.snapshot()`` at most every
 :data:`REFRESH` seconds and assigns only the widget traits whose value changed
 (O(stages) per refresh, whatever the number of items); charts are recorded at
-most every :data:`CHART_REFRESH` seconds and rendered to PNG in a worker thread.
+most every :data:`CHART_REFRESH` seconds and rendered to PNG in the chart helper process
+(``_render``), or a worker thread when that is unavailable.
 On :class:`~asyncpipe._events.RunFinished` (success, failure and cancel alike)
 the final state is painted, charts included.
 
