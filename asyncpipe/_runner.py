@@ -163,25 +163,37 @@ class _Session:
     async def result(self) -> RunResult:
         run = self.run
         assert run is not None
-        outputs: dict[str, dict[PartitionKey, Any]] = {}
-        for rt in run.stages.values():
-            if rt.keep:
-                kept = dict(rt.outputs)
-                ex = rt.executor
-                pending = [k for k, v in kept.items() if type(v) is Lazy or (ex.remote and ex.is_ref(v))]
-                if pending:  # load/fetch concurrently (Dask merges fetches into one gather)
-                    values = await asyncio.gather(*[_materialize(ex, kept[k]) for k in pending])
-                    kept.update(zip(pending, values, strict=True))
-                outputs[rt.name] = kept
-                rt.outputs.clear()
-        summaries = tuple(
-            StageSummary(
-                rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records)
+        metrics = self.metrics
+
+        def collect() -> tuple[Any, ...]:
+            # O(partitions) work, in a thread so the loop stays free: the run is over, so
+            # nothing mutates these any more (the metrics stopped with RunFinished)
+            outputs: dict[str, dict[PartitionKey, Any]] = {}
+            pending: dict[str, list[PartitionKey]] = {}
+            for rt in run.stages.values():
+                if rt.keep:
+                    kept = outputs[rt.name] = dict(rt.outputs)
+                    ex = rt.executor
+                    pending[rt.name] = [
+                        k for k, v in kept.items() if type(v) is Lazy or (ex.remote and ex.is_ref(v))
+                    ]
+            summaries = tuple(
+                StageSummary(
+                    rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records)
+                )
+                for rt in run.stages.values()
             )
-            for rt in run.stages.values()
-        )
-        # the metrics stopped changing with RunFinished: build the frame off the loop
-        series = await asyncio.to_thread(self.metrics.series) if self.metrics is not None else None
+            series = metrics.series() if metrics is not None else None
+            return outputs, pending, summaries, list(run.items), series
+
+        outputs, pending, summaries, items, series = await asyncio.to_thread(collect)
+        for name, keys in pending.items():
+            if keys:  # load/fetch concurrently (Dask merges fetches into one gather)
+                ex, kept = run.stages[name].executor, outputs[name]
+                values = await asyncio.gather(*[_materialize(ex, kept[k]) for k in keys])
+                kept.update(zip(keys, values, strict=True))
+        for rt in run.stages.values():
+            rt.outputs.clear()
         probe = getattr(self, "probe", None)
         result = RunResult(
             run_id=run.run_id,
@@ -189,7 +201,7 @@ class _Session:
             status=run.status,
             started_at=run.started_at,
             finished_at=run.finished_at,
-            inputs=list(run.items),
+            inputs=items,
             outputs=outputs,
             stages=summaries,
             failure_list=tuple(run.failures),
