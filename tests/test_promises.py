@@ -29,10 +29,9 @@ async def test_limits_change_mid_run_from_the_handle():
         return i
 
     events = []
-    handle = ap.Pipeline([ap.source(work, concurrency=1)], cache=False).start(range(8), on_event=events.append)
-    while peak < 1:
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
+    pipe = ap.Pipeline([ap.source(work, concurrency=1)], cache=False)
+    handle = pipe.start(range(8), on_event=events.append)
+    await asyncio.sleep(0.02)
     assert peak == 1
     handle.set_concurrency("work", 4, reason="more please")
     handle.set_rate("work", "1000/s")
@@ -129,9 +128,8 @@ def test_cli_run_prints_a_summary_and_fails_on_failures(tmp_path):
     )
 
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "asyncpipe.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
-        )
+        cmd = [sys.executable, "-m", "asyncpipe.cli", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
     ok = cli("run", "jobs.py:pipe", "-q", "-i", "a", "b")
     assert ok.returncode == 0, ok.stderr
