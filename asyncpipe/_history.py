@@ -28,6 +28,7 @@ the end of each run; :func:`runs` and :func:`load_run` read it back.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -42,10 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, SystemClock
 from ._exceptions import AsyncpipeError
-from ._metrics import SERIES_COLUMNS, MetricsSnapshot, fmt_seconds
+from ._metrics import SERIES_COLUMNS, MetricsSnapshot, fmt_seconds, series_frame
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 __all__ = ["RunNotFoundError", "RunRecord", "load_run", "new_run_id", "runs", "save_run", "save_snapshot"]
 
@@ -114,11 +116,12 @@ class RunRecord:
     def metrics(self) -> pd.DataFrame:
         """The metrics time series of the run (long format, see ``Metrics.series``)."""
         import pandas as pd
+        import pyarrow.parquet as pq
 
         file = self.path / SERIES
         if not file.exists():
             return pd.DataFrame(columns=list(SERIES_COLUMNS))
-        return pd.read_parquet(file)
+        return series_frame(pq.read_table(file))
 
     def failures(self) -> pd.DataFrame:
         """The dead-letter records the engine wrote for this run (empty if none)."""
@@ -171,7 +174,7 @@ def runs_dir(workdir: str | os.PathLike[str] = DEFAULT_WORKDIR) -> Path:
 def save_run(directory: str | os.PathLike[str], *, run_id: str, pipeline: str, params: dict[str, Any],
              started_at: float | None, finished_at: float | None, status: str,
              stages: dict[str, dict[str, Any]], n_failures: int, worst_loop_lag: float | None,
-             error: str | None = None, series: pd.DataFrame | None = None,
+             error: str | None = None, series: pd.DataFrame | pa.Table | None = None,
              extra: dict[str, Any] | None = None) -> Path:
     """Blocking: write one run record under ``<directory>/runs/<run_id>/``; returns that folder.
 
@@ -185,7 +188,7 @@ def save_run(directory: str | os.PathLike[str], *, run_id: str, pipeline: str, p
     folder.mkdir(parents=True, exist_ok=True)
     if series is not None:
         try:
-            _atomic(folder / SERIES, lambda tmp: series.to_parquet(tmp, index=False))
+            _atomic(folder / SERIES, functools.partial(_write_series, series))
         except Exception:
             _log.warning("could not write the metrics series of run %s", run_id, exc_info=True)
     record = {"format": FORMAT, "run_id": run_id, "pipeline": pipeline, "params": params,
@@ -217,6 +220,15 @@ def save_snapshot(directory: str | os.PathLike[str], snapshot: MetricsSnapshot,
                     started_at=snapshot.started_at, finished_at=end, status=snapshot.status, stages=stages,
                     n_failures=snapshot.n_failures, worst_loop_lag=snapshot.worst_loop_lag,
                     error=snapshot.error, series=series, extra=extra)
+
+
+def _write_series(series: pd.DataFrame | pa.Table, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    if hasattr(series, "to_parquet"):
+        series.to_parquet(path, index=False)
+    else:
+        pq.write_table(series, path)
 
 
 def _atomic(target: Path, write: Callable[[str], object]) -> None:

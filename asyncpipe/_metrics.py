@@ -46,6 +46,7 @@ from ._events import (
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 __all__ = ["FailureInfo", "Metrics", "MetricsSnapshot", "StageSnapshot"]
 
@@ -449,16 +450,41 @@ class Metrics:
         sample), repeated on each stage's row. Pivot for a wide view:
         ``df.pivot(index="t", columns="stage", values="throughput")``.
         """
-        import pandas as pd
+        return series_frame(self.series_table())
+
+    def series_table(self) -> pa.Table:
+        """:meth:`series` as a pyarrow Table (built column-wise: ~10x cheaper than the frame)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
         rows = [r for sample in self._samples for r in sample]
-        df = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
-        df["time"] = pd.to_datetime(df["time"].astype("float64"), unit="s", utc=True)
-        for col in ("limit", "rss_bytes"):
-            df[col] = df[col].astype("Int64")
-        for col in ("rate", "p95", "cpu_percent", "throughput", "loop_lag", "t"):
-            df[col] = df[col].astype("float64")
-        return df
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(SERIES_COLUMNS)
+        arrays = [pa.array(col, type=typ) for col, typ in zip(columns, _series_types(), strict=True)]
+        micros = pc.cast(pc.round(pc.multiply(arrays[1], 1e6)), pa.int64())
+        arrays[1] = micros.cast(pa.timestamp("us", tz="UTC"))
+        return pa.Table.from_arrays(arrays, names=list(SERIES_COLUMNS))
+
+
+def _series_types() -> list[pa.DataType]:
+    import pyarrow as pa
+
+    f8, i8 = pa.float64(), pa.int64()
+    return [f8, f8, pa.string(), i8, i8, i8, i8, i8, f8, i8, f8, f8, f8, i8, f8]
+
+
+def series_frame(table: pa.Table) -> pd.DataFrame:
+    """The pandas view of a series table: UTC ``time``, nullable ``limit`` and ``rss_bytes``."""
+    import pandas as pd
+
+    df = table.to_pandas()
+    if len(df.columns) == 0:  # an empty table read back without columns
+        df = pd.DataFrame(columns=list(SERIES_COLUMNS))
+    df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]")
+    for col in ("limit", "rss_bytes"):
+        df[col] = df[col].astype("Int64")
+    for col in ("rate", "p95", "cpu_percent", "throughput", "loop_lag", "t"):
+        df[col] = df[col].astype("float64")
+    return df
 
 
 def _items_per_s(stages: tuple[StageSnapshot, ...]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,9 +77,19 @@ class RunResult:
     stages: tuple[StageSummary, ...]
     failure_list: tuple[Failure, ...] = ()
     records: Mapping[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    metrics: pd.DataFrame | None = None
+    #: the sampled metrics as a pyarrow Table; :attr:`metrics` is its pandas view
+    series_table: Any = field(default=None, repr=False)
     worst_loop_lag: float | None = None
     run_dir: str = ""
+
+    @functools.cached_property
+    def metrics(self) -> pd.DataFrame | None:
+        """The run's sampled metrics time series (see ``Metrics.series``), built on first use."""
+        if self.series_table is None:
+            return None
+        from ._metrics import series_frame
+
+        return series_frame(self.series_table)
 
     @property
     def duration(self) -> float:

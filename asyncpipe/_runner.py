@@ -9,6 +9,7 @@ cells alike, without patching the kernel's loop).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -183,17 +184,10 @@ class _Session:
                 )
                 for rt in run.stages.values()
             )
-            series = metrics.series() if metrics is not None else None
+            series = metrics.series_table() if metrics is not None else None
             return outputs, pending, summaries, list(run.items), series
 
         outputs, pending, summaries, items, series = await asyncio.to_thread(collect)
-        for name, keys in pending.items():
-            if keys:  # load/fetch concurrently (Dask merges fetches into one gather)
-                ex, kept = run.stages[name].executor, outputs[name]
-                values = await asyncio.gather(*[_materialize(ex, kept[k]) for k in keys])
-                kept.update(zip(keys, values, strict=True))
-        for rt in run.stages.values():
-            rt.outputs.clear()
         probe = getattr(self, "probe", None)
         result = RunResult(
             run_id=run.run_id,
@@ -206,12 +200,41 @@ class _Session:
             stages=summaries,
             failure_list=tuple(run.failures),
             records={rt.name: rt.records for rt in run.stages.values()},
-            metrics=series,
+            series_table=series,
             worst_loop_lag=getattr(probe, "worst", None),
             run_dir=str(run.run_dir),
         )
-        await asyncio.to_thread(_save_record, result, run)
+        # The record does not depend on the outputs: save it while they load.
+        saved = asyncio.ensure_future(asyncio.to_thread(_save_record, result, run))
+        n_failures = len(run.failures)
+        try:
+            for name, keys in pending.items():
+                if keys:  # load/fetch concurrently (Dask merges fetches into one gather)
+                    await _materialize_all(run, name, outputs[name], keys)
+        finally:
+            for rt in run.stages.values():
+                rt.outputs.clear()
+            await saved
+        if len(run.failures) != n_failures:  # a corrupt entry's recompute failed while loading
+            result = dataclasses.replace(result, failure_list=tuple(run.failures))
+            await asyncio.to_thread(_save_record, result, run)
         return result
+
+
+async def _materialize_all(
+    run: Run, stage: str, kept: dict[PartitionKey, Any], keys: list[PartitionKey]
+) -> None:
+    """Replace the lazy or remote values among ``kept[keys]`` with the values themselves."""
+    ex = run.stages[stage].executor
+    lazy = [kept[k] for k in keys if type(kept[k]) is Lazy]
+    if lazy and run.cache is not None:  # warm outputs: read in a few batches
+        loaded = await run.cache.load_many(stage, [v.key for v in lazy])
+        for k in keys:
+            v = kept[k]
+            if type(v) is Lazy and v.key in loaded:
+                kept[k] = loaded[v.key]
+    values = await asyncio.gather(*[_materialize(ex, kept[k]) for k in keys])
+    kept.update(zip(keys, values, strict=True))
 
 
 async def _materialize(executor: Any, value: Any) -> Any:
@@ -266,7 +289,7 @@ def _save_record(result: RunResult, run: Run) -> None:
         n_failures=len(result.failure_list),
         worst_loop_lag=result.worst_loop_lag,
         error=None if run.error is None else f"{type(run.error).__name__}: {run.error}",
-        series=result.metrics,
+        series=result.series_table,
     )
 
 

@@ -47,6 +47,8 @@ __all__ = ["Cache", "CacheLookup", "KeyParts"]
 #: Writer threads. Two keep Parquet encoding (which releases the GIL) off the
 #: critical path on the 2-core target without starving the stages.
 WRITE_THREADS = 2
+#: Threads a batch load (:meth:`Cache.load_many`) reads in; more only add GIL contention.
+LOAD_THREADS = min(4, os.cpu_count() or 1)
 #: Pickled snapshots bigger than this are unpickled in a thread rather than on the loop.
 _THAW_INLINE = 1 << 20
 
@@ -165,6 +167,34 @@ class Cache:
         self._mem.put(key, stage, frozen, nbytes)
         return value
 
+    async def load_many(self, stage: str, keys: list[str]) -> dict[str, Any]:
+        """Load several of ``stage``'s entries with few thread hops (a warm run's outputs).
+
+        Memory hits are answered at once; the rest are read from disk in at most
+        :data:`LOAD_THREADS` threads, each reading its share in turn. Keys that do not
+        load cleanly (pending, corrupt, gone) are left out: :meth:`load` reports and
+        recovers them one by one.
+        """
+        out: dict[str, Any] = {}
+        todo: list[str] = []
+        for key in keys:
+            frozen = self._mem.get(key)
+            if frozen is MISSING:
+                if key not in self._pending:
+                    todo.append(key)
+            elif not (isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE):
+                out[key] = thaw(frozen)
+        if todo:
+            n = min(LOAD_THREADS, len(todo))
+            batches = await asyncio.gather(
+                *[asyncio.to_thread(self._read_batch, stage, todo[i::n]) for i in range(n)]
+            )
+            for batch in batches:
+                for key, value, frozen, nbytes in batch:
+                    self._mem.put(key, stage, frozen, nbytes)
+                    out[key] = value
+        return out
+
     def store(
         self, stage: str, key: str, value: Any, parts: KeyParts | None, partition_id: str
     ) -> Future[None] | None:
@@ -277,9 +307,18 @@ class Cache:
         return [stage_dirname(stage), key]
 
     def _read(self, stage: str, key: str) -> tuple[Any, Any, int]:
-        value = self._backend.read_entry(self._call_id(stage, key))
+        value, nbytes = self._backend.read_entry_sized(self._call_id(stage, key))
         frozen = freeze(value)
-        return value, frozen, estimate_size(frozen, exact=True)
+        return value, frozen, nbytes
+
+    def _read_batch(self, stage: str, keys: list[str]) -> list[tuple[str, Any, Any, int]]:
+        out = []
+        for key in keys:
+            try:
+                out.append((key, *self._read(stage, key)))
+            except Exception:  # load() reports and recovers this entry alone
+                continue
+        return out
 
     def record(self, stage: str, key: str, parts: KeyParts | None, partition_id: str) -> None:
         """Register an entry that was written elsewhere (by a cluster worker, on shared storage)."""
@@ -305,8 +344,9 @@ class Cache:
 
     def _write(self, stage: str, key: str, frozen: Any, fmt: str, record: Record | None, pid: str) -> None:
         try:
+            size = 0
             if fmt:  # "" when the entry was written by a worker and only the log line is ours
-                self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
+                size = self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
             if record is not None:
                 lines: list[dict[str, Any]] = []
                 if (stage, record.code) not in self._logged_codes and record.code in self._code_funcs:
@@ -314,8 +354,8 @@ class Cache:
                     lines.append({"code": record.code, "funcs": self._code_funcs[record.code]})
                 lines.append(record_line(pid, record))
                 append_log(str(self.location / stage_dirname(stage)), lines)
-            if type(frozen).__module__.startswith("pandas"):
-                self._mem.resize(key, estimate_size(frozen, exact=True))
+            if size and type(frozen).__module__.startswith("pandas"):
+                self._mem.resize(key, size)  # the uncompressed file size, not a deep count
         except Exception as exc:
             self._stage(stage).keys.discard(key)
             self._deferred.append(f"Cache write for stage {stage!r} failed ({exc!r}); the run continues.")

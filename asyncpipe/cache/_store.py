@@ -226,6 +226,11 @@ class ParquetStoreBackend(FileSystemStoreBackend):
 
     def read_entry(self, call_id: list[str]) -> Any:
         """Load one entry. KeyError if absent; CorruptEntry if damaged."""
+        return self.read_entry_sized(call_id)[0]
+
+    def read_entry_sized(self, call_id: list[str]) -> tuple[Any, int]:
+        """(value, size of its file): the file size stands in for the value's memory
+        footprint (entries are stored uncompressed), without a deep memory count."""
         path = os.path.join(self.location, *call_id)
         for fmt, reader in ((PARQUET, _read_parquet), (PICKLE, self._read_pickle)):
             filename = os.path.join(path, fmt)
@@ -235,7 +240,7 @@ class ParquetStoreBackend(FileSystemStoreBackend):
             except FileNotFoundError:
                 continue
             try:
-                return reader(data, filename)
+                return reader(data, filename), len(data)
             except CorruptEntry:
                 raise
             except Exception as exc:

@@ -187,6 +187,36 @@ def test_corrupt_entry_warns_removes_and_raises_cache_error(tmp_path):
     assert (look.hit, look.reason) == (False, "entry corrupt")
 
 
+def test_load_many_reads_from_memory_and_disk_and_leaves_bad_entries_to_load(tmp_path):
+    async def go():
+        c1 = Cache(tmp_path)
+        keys = []
+        for i in range(6):
+            p = parts(inputs=(str(i),))
+            c1.store("s", p.key, frame(10 + i), p, f"p{i}")
+            keys.append(p.key)
+        await c1.flush()
+        c1.close()
+        bad = tmp_path / "s" / keys[2] / "output.parquet"
+        bad.write_bytes(bad.read_bytes()[:-20])
+        c2 = Cache(tmp_path)
+        await c2.open(["s"])
+        from_memory = frame(99)
+        c2.store("s", keys[5], from_memory, None, "p5")  # in memory now: no disk read needed
+        await c2.flush()
+        got = await c2.load_many("s", [*keys, "0" * 32])
+        in_memory_after = c2.info()["memory"]["entries"]
+        c2.close()
+        return keys, got, in_memory_after
+
+    keys, got, in_memory_after = run(go())
+    assert set(got) == {keys[i] for i in (0, 1, 3, 4, 5)}  # the truncated and the unknown key left out
+    for i in (0, 1, 3, 4):
+        pd.testing.assert_frame_equal(got[keys[i]], frame(10 + i))
+    pd.testing.assert_frame_equal(got[keys[5]], frame(99))
+    assert in_memory_after == 5  # what was read from disk is now in the memory tier
+
+
 def test_a_failing_write_warns_at_flush_and_the_run_continues(tmp_path):
     async def go():
         cache = Cache(tmp_path)
