@@ -26,7 +26,7 @@ from ._deadletter import DeadLetter, Failure
 from ._events import Event, EventBus, RunFinished, RunStarted, StageProgress
 from ._exceptions import RunFailed
 from ._joins import JoinRun, ReduceRun
-from ._partition import PartitionKey, item_fingerprint
+from ._partition import PartitionKey, cheap_to_fingerprint, item_fingerprint
 from ._stagerun import StageRun
 from .executors import Executor, create_executor
 
@@ -41,7 +41,6 @@ _log = logging.getLogger("asyncpipe")
 FLUSH_INTERVAL = 0.1
 #: On cancel, how long to wait for tasks to unwind before giving up on them.
 CANCEL_GRACE = 1.0
-_SIMPLE = (str, bytes, int, float, bool, type(None))
 #: Pseudo-stage name of the governor's admission gate in LimitChanged events.
 ADMISSION = "<admission>"
 
@@ -320,8 +319,10 @@ class Run:
             items.append(item)
             key = None
             if cache_on:
-                simple = isinstance(item, _SIMPLE)
-                key = item_fingerprint(item) if simple else await asyncio.to_thread(item_fingerprint, item)
+                if cheap_to_fingerprint(item):
+                    key = item_fingerprint(item)
+                else:
+                    key = await asyncio.to_thread(item_fingerprint, item)
             env = (pkey, item, key)
             if self.tracking:
                 adm = self._admission
@@ -376,8 +377,12 @@ class Run:
                 out.append((code, opts))
             return out
 
-        # hashing the code and reading the cache index are independent: overlap them
-        keys, _ = await asyncio.gather(asyncio.to_thread(code_keys), cache.open([rt.name for rt in stages]))
+        def blocking() -> tuple[list[tuple[str, str]], Any]:
+            # one thread for both: two would fight for the GIL (5 ms switch interval)
+            return code_keys(), cache.read_indexes([rt.name for rt in stages])
+
+        keys, indexes = await asyncio.to_thread(blocking)
+        cache.adopt(indexes)
         for rt, (code, opts) in zip(stages, keys, strict=True):
             rt.code_key, rt.opts_key, rt.cache_on = code, opts, True
 

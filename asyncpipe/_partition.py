@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import xxhash
 
-__all__ = ["ALL", "PartitionKey", "item_fingerprint"]
+__all__ = ["ALL", "PartitionKey", "cheap_to_fingerprint", "item_fingerprint"]
 
 
 def item_fingerprint(item: Any) -> str:
@@ -33,6 +33,24 @@ def item_fingerprint(item: Any) -> str:
         else:
             return fingerprint(item)
     return xxhash.xxh3_128_hexdigest(data)
+
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+#: Items this small are fingerprinted on the event loop (microseconds); others in a thread.
+_INLINE_BYTES = 1 << 20
+
+
+def cheap_to_fingerprint(item: Any) -> bool:
+    """True for scalars, short strings and short tuples of scalars (hash on the loop)."""
+    if isinstance(item, str | bytes):
+        return len(item) <= _INLINE_BYTES
+    if isinstance(item, _SCALARS):
+        return True
+    return (
+        type(item) is tuple
+        and len(item) <= 32
+        and all(isinstance(x, _SCALARS) and not (isinstance(x, str | bytes) and len(x) > 4096) for x in item)
+    )
 
 
 class PartitionKey:

@@ -47,8 +47,6 @@ __all__ = ["Cache", "CacheLookup", "KeyParts"]
 #: Writer threads. Two keep Parquet encoding (which releases the GIL) off the
 #: critical path on the 2-core target without starving the stages.
 WRITE_THREADS = 2
-#: Threads a batch load (:meth:`Cache.load_many`) reads in; more only add GIL contention.
-LOAD_THREADS = min(4, os.cpu_count() or 1)
 #: Pickled snapshots bigger than this are unpickled in a thread rather than on the loop.
 _THAW_INLINE = 1 << 20
 
@@ -122,7 +120,16 @@ class Cache:
     # -- a run --------------------------------------------------------------------------
     async def open(self, stages: list[str]) -> None:
         """Read each stage's entry list and log in a thread, so lookups need no I/O."""
-        loaded = await asyncio.to_thread(self._read_indexes, stages)
+        self.adopt(await asyncio.to_thread(self.read_indexes, stages))
+
+    def read_indexes(self, stages: list[str]) -> dict[str, StageIndex]:
+        """Blocking half of :meth:`open`: read the indexes (call in a thread)."""
+        import pyarrow.parquet  # noqa: F401  (import here, in a thread, not at the first load/store)
+
+        return {s: read_stage(str(self.location / stage_dirname(s))) for s in stages}
+
+    def adopt(self, loaded: dict[str, StageIndex]) -> None:
+        """Loop half of :meth:`open`: use indexes read by :meth:`read_indexes`."""
         for stage, idx in loaded.items():
             old = self._index.get(stage)
             if old is not None:  # keep what this process knows but is not on disk yet
@@ -170,8 +177,9 @@ class Cache:
     async def load_many(self, stage: str, keys: list[str]) -> dict[str, Any]:
         """Load several of ``stage``'s entries with few thread hops (a warm run's outputs).
 
-        Memory hits are answered at once; the rest are read from disk in at most
-        :data:`LOAD_THREADS` threads, each reading its share in turn. Keys that do not
+        Memory hits are answered at once; the rest are read from disk one after the
+        other in one thread: small entries decode faster there than in several threads
+        fighting for the GIL, and big ones use Arrow's own thread pool. Keys that do not
         load cleanly (pending, corrupt, gone) are left out: :meth:`load` reports and
         recovers them one by one.
         """
@@ -185,14 +193,9 @@ class Cache:
             elif not (isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE):
                 out[key] = thaw(frozen)
         if todo:
-            n = min(LOAD_THREADS, len(todo))
-            batches = await asyncio.gather(
-                *[asyncio.to_thread(self._read_batch, stage, todo[i::n]) for i in range(n)]
-            )
-            for batch in batches:
-                for key, value, frozen, nbytes in batch:
-                    self._mem.put(key, stage, frozen, nbytes)
-                    out[key] = value
+            for key, value, frozen, nbytes in await asyncio.to_thread(self._read_batch, stage, todo):
+                self._mem.put(key, stage, frozen, nbytes)
+                out[key] = value
         return out
 
     def store(
@@ -297,11 +300,6 @@ class Cache:
         if idx is None:
             idx = self._index[stage] = StageIndex()
         return idx
-
-    def _read_indexes(self, stages: list[str]) -> dict[str, StageIndex]:
-        import pyarrow.parquet  # noqa: F401  (import here, in a thread, not at the first load/store)
-
-        return {s: read_stage(str(self.location / stage_dirname(s))) for s in stages}
 
     def _call_id(self, stage: str, key: str) -> list[str]:
         return [stage_dirname(stage), key]
