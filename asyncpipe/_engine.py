@@ -379,7 +379,9 @@ class Run:
 
         def blocking() -> tuple[list[tuple[str, str]], Any]:
             # one thread for both: two would fight for the GIL (5 ms switch interval)
-            return code_keys(), cache.read_indexes([rt.name for rt in stages])
+            keys = code_keys()
+            cache.save_code_memo()
+            return keys, cache.read_indexes([rt.name for rt in stages])
 
         keys, indexes = await asyncio.to_thread(blocking)
         cache.adopt(indexes)

@@ -36,6 +36,7 @@ import xxhash
 
 from .._exceptions import CacheError, CacheWarning
 from . import _manage
+from ._codekey import MEMO as CODE_MEMO
 from ._codekey import code_key as _code_key
 from ._fingerprint import fingerprint as _fingerprint
 from ._index import Record, StageIndex, append_log, read_stage, record_line, stage_dirname
@@ -47,6 +48,8 @@ __all__ = ["Cache", "CacheLookup", "KeyParts"]
 #: Writer threads. Two keep Parquet encoding (which releases the GIL) off the
 #: critical path on the 2-core target without starving the stages.
 WRITE_THREADS = 2
+#: The code memo's file in a cache location (function identity -> normalized-source hash).
+CODE_MEMO_FILE = "_codekeys.json"
 #: Pickled snapshots bigger than this are unpickled in a thread rather than on the loop.
 _THAW_INLINE = 1 << 20
 
@@ -108,12 +111,21 @@ class Cache:
 
     # -- keys ---------------------------------------------------------------------------
     def code_key(self, stage: Any) -> tuple[str, dict[str, str]]:
-        """(key, {qualname: hash}) of ``stage.fn`` and its same-module helpers (blocking)."""
+        """(key, {qualname: hash}) of ``stage.fn`` and its same-module helpers (blocking).
+
+        Uses the code memo saved in this location (see :meth:`save_code_memo`).
+        """
+        CODE_MEMO.load(str(self.location / CODE_MEMO_FILE))
         options = getattr(stage, "options", None)
         version = getattr(options, "version", None)
         key, funcs = _code_key(getattr(stage, "fn", stage), version)
         self._code_funcs[key] = funcs
         return key, funcs
+
+    def save_code_memo(self) -> None:
+        """Blocking: save what :meth:`code_key` learnt, so the next process skips parsing."""
+        if self.location.is_dir():
+            CODE_MEMO.save(str(self.location / CODE_MEMO_FILE))
 
     fingerprint = staticmethod(_fingerprint)
 

@@ -149,3 +149,52 @@ def transform(load):
 '''
     mod = load(tmp_path, src)
     assert set(code_key(mod.transform)[1]) == {"transform"}
+
+
+def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_path, monkeypatch):
+    from asyncpipe.cache import _codekey
+
+    module = load(tmp_path, BASE)
+    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    fresh = code_key(module.f)
+    memo_file = str(tmp_path / "memo.json")
+    _codekey.MEMO.save(memo_file)
+
+    # a new process's memo, loaded from disk: the same key without parsing any source
+    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    _codekey.MEMO.load(memo_file)
+
+    def no_parsing(obj):
+        raise AssertionError(f"parsed {obj.__qualname__} although the memo knows it")
+
+    monkeypatch.setattr(_codekey, "_normalize", no_parsing)
+    assert code_key(module.f) == fresh
+
+
+def test_code_memo_misses_on_a_real_edit_and_survives_a_damaged_file(tmp_path, monkeypatch):
+    from asyncpipe.cache import _codekey
+
+    memo_file = tmp_path / "memo.json"
+    memo_file.write_text("{not json")
+    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    _codekey.MEMO.load(str(memo_file))  # ignored, not raised
+    before = code_key(load(tmp_path, BASE, "a").f)
+    # the same file name and line numbers, a different constant: a different key
+    after = code_key(load(tmp_path, BASE.replace("math.pi]", "math.e]"), "a").f)
+    assert before[0] != after[0] and before[1]["f"] != after[1]["f"]
+    # and a changed default value is a real change too, though the body is the same
+    d1 = code_key(load(tmp_path, "def g(x=1):\n    return x\n", "b").g)
+    d2 = code_key(load(tmp_path, "def g(x=2):\n    return x\n", "b").g)
+    assert d1[0] != d2[0]
+
+
+def test_cache_saves_the_code_memo_in_its_location(tmp_path):
+    import asyncpipe as ap
+
+    module = load(tmp_path, BASE)
+    pipe = ap.Pipeline([ap.source(module.f)], name="memo", cache=Cache(tmp_path / "c"),
+                       workdir=str(tmp_path / "w"))
+    assert pipe.run_sync([2]).ok
+    memo = tmp_path / "c" / "_codekeys.json"
+    assert memo.exists() and (memo.stat().st_mode & 0o077) == 0
+    assert pipe.run_sync([2]).explain()["status"].tolist() == ["cached"]
