@@ -48,6 +48,11 @@ __all__ = ["Cache", "CacheLookup", "KeyParts"]
 #: Writer threads. Two keep Parquet encoding (which releases the GIL) off the
 #: critical path on the 2-core target without starving the stages.
 WRITE_THREADS = 2
+#: Outputs up to this many bytes enter the memory tier when stored; bigger ones only
+#: when a later run loads them. Holding every big frame of a cold run in memory while
+#: it is written made cold P3 runs 1.7-2x slower than uncached ones here (against
+#: 1.25-1.35x without): the kernel's sys time tripled with ~1 GB more resident.
+ADMIT_ON_STORE = 8 << 20
 #: The code memo's file in a cache location (function identity -> normalized-source hash).
 CODE_MEMO_FILE = "_codekeys.json"
 #: Pickled snapshots bigger than this are unpickled in a thread rather than on the loop.
@@ -226,7 +231,9 @@ class Cache:
             if problem and (stage, problem) not in self._warned:
                 self._warned.add((stage, problem))
                 self._warn(f"Stage {stage!r} output cached as pickle, not Parquet: {problem}.")
-            self._mem.put(key, stage, frozen, estimate_size(frozen))
+            nbytes = estimate_size(frozen)
+            if nbytes <= ADMIT_ON_STORE:
+                self._mem.put(key, stage, frozen, nbytes)
             idx = self._stage(stage)
             idx.keys.add(key)
             self._all_keys.add(key)
