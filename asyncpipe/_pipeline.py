@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -131,9 +133,12 @@ class Pipeline:
         (callback), ``progress`` (terminal progress), ``monitor`` (metrics and
         resource sampling, default True), ``clock``.
         """
-        from ._runner import run_pipeline
-
-        return await run_pipeline(self, inputs, **options)
+        runner = sys.modules.get(f"{__package__}._runner")
+        if runner is None or not _ENGINE_LOADED:
+            # The first run in a process imports the engine, metrics and psutil: ~50 ms
+            # of module code, in a thread so that the loop keeps turning meanwhile.
+            runner = await asyncio.to_thread(_load_engine)
+        return await runner.run_pipeline(self, inputs, **options)
 
     def start(self, inputs: Iterable[Any] | None = None, **options: Any) -> RunHandle:
         """Start a run as a task on the *running* loop and return its handle at once."""
@@ -160,6 +165,18 @@ class Pipeline:
 
     def _repr_html_(self) -> str:
         return self.plan._repr_html_()
+
+
+_ENGINE_LOADED = False
+
+
+def _load_engine() -> Any:
+    """Import what every run needs (blocking: call in a thread); return ``_runner``."""
+    global _ENGINE_LOADED
+    from . import _metrics, _runner, _sampler  # noqa: F401
+
+    _ENGINE_LOADED = True
+    return _runner
 
 
 # -- building the plan ------------------------------------------------------------------
