@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from ._deadletter import DeadLetter, Failure
 from ._events import Event, EventBus, RunFinished, RunStarted, StageProgress
 from ._exceptions import RunFailed
 from ._joins import JoinRun, ReduceRun
+from ._metrics import RESERVOIR
 from ._partition import PartitionKey, cheap_to_fingerprint, item_fingerprint
 from ._stagerun import StageRun
 from .executors import Executor, create_executor
@@ -49,26 +51,79 @@ class _GcFreeze:
     """Keep objects that were alive before a run out of the collector's scans during it.
 
     A full (generation 2) collection walks every tracked object: in a kernel with pandas,
-    pyarrow and ipywidgets loaded that is ~0.5M objects and a 30-50 ms pause of the
+    pyarrow and ipywidgets loaded that is ~0.5M objects and a 30-60 ms pause of the
     event loop (measured with tests/benchmarks/bench_loopstall.py), on top of whatever the
     run allocates. ``gc.freeze()`` moves the pre-existing objects to a permanent generation
-    for the run's duration (6-20 ms worst pauses instead); ``gc.unfreeze()`` puts them back
-    when the last concurrent run ends, so nothing is kept from collection for longer.
+    while runs are active (young collections only touch what the runs allocate).
+
+    With the old objects frozen, CPython's rule that a full collection waits until the
+    objects pending in the oldest generation reach 25% of those already there fires
+    far too often (there are almost none there), so every ten young collections meant
+    a full one: 8-32 ms pauses in a 20,000-item run. The oldest threshold is raised
+    to :data:`RUN_GEN2_THRESHOLD` while the objects are frozen; young collections still run.
+
+    Unfreezing makes the next collection a full one over everything (the 30-60 ms
+    pause), so it is not done as a run ends — where it would stall whatever awaited the
+    run — but once no run has been active for :data:`GC_THAW_DELAY` seconds, followed
+    by that collection, in a timer thread. A run starting before then keeps the
+    objects frozen; nothing stays out of collection for longer than an idle second.
     """
 
     active = 0
+    _thresholds: tuple[int, int, int] | None = None
+    _thaw: threading.Timer | None = None
+    _lock = threading.Lock()
 
     @classmethod
     def enter(cls) -> None:
-        if cls.active == 0:
-            gc.freeze()
-        cls.active += 1
+        with cls._lock:
+            if cls._thaw is not None:
+                cls._thaw.cancel()
+                cls._thaw = None
+            if cls.active == 0:
+                gc.freeze()
+                if cls._thresholds is None:
+                    cls._thresholds = gc.get_threshold()
+                    t0, t1, t2 = cls._thresholds
+                    gc.set_threshold(t0, t1, max(t2, RUN_GEN2_THRESHOLD))
+            cls.active += 1
 
     @classmethod
     def exit(cls) -> None:
-        cls.active -= 1
-        if cls.active == 0:
+        with cls._lock:
+            cls.active -= 1
+            if cls.active > 0:
+                return
+            cls._thaw = threading.Timer(GC_THAW_DELAY, cls._thaw_if_idle)
+            cls._thaw.daemon = True
+            cls._thaw.start()
+
+    @classmethod
+    def _thaw_if_idle(cls) -> None:
+        with cls._lock:
+            if cls.active or cls._thaw is not threading.current_thread():
+                return  # a run started meanwhile (or a newer timer owns the thaw)
+            cls._thaw = None
+            if cls._thresholds is not None:
+                gc.set_threshold(*cls._thresholds)
+                cls._thresholds = None
             gc.unfreeze()
+        gc.collect()
+
+    @classmethod
+    def wait_thawed(cls, timeout: float | None = None) -> bool:
+        """Block until a pending thaw has run; False if it is still pending after ``timeout``."""
+        timer = cls._thaw
+        if timer is not None:
+            timer.join(timeout)
+        return cls._thaw is None
+
+
+#: Young (generation 1) collections between full ones while a run is active: ~7M net
+#: allocations at the default thresholds, against ~70k normally.
+RUN_GEN2_THRESHOLD = 1000
+#: Seconds without an active run before frozen objects go back to the collector.
+GC_THAW_DELAY = 1.0
 
 
 class Run:
@@ -226,9 +281,14 @@ class Run:
             if now == last and not rt.running:
                 continue
             rt.flushed = now
-            fresh = rt.records[rt.flushed_records :]
-            rt.flushed_records += len(fresh)
+            # Percentiles use the last RESERVOIR durations: older ones in this window
+            # would be dropped at once, so they are not even collected (at 400k
+            # partitions/s, collecting them all held the loop 5-10 ms per flush).
+            n = len(rt.records)
+            fresh = rt.records[max(rt.flushed_records, n - RESERVOIR) : n]
+            rt.flushed_records = n
             lim = rt.limiter
+            durations = tuple(r[2] for r in fresh if r[1] == "ok")
             self.publish(
                 StageProgress,
                 stage=rt.name,
@@ -240,7 +300,7 @@ class Run:
                 queued=rt.q.qsize(),
                 limit=int(lim.limit) if lim is not None else rt.conc,
                 total=self.expected(rt),
-                durations=tuple(r[2] for r in fresh if r[1] == "ok"),
+                durations=durations,
             )
 
     def expected(self, rt: StageRun) -> int | None:

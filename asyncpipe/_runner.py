@@ -175,13 +175,12 @@ class _Session:
                 if rt.keep:
                     kept = outputs[rt.name] = dict(rt.outputs)
                     ex = rt.executor
-                    pending[rt.name] = [
-                        k for k, v in kept.items() if type(v) is Lazy or (ex.remote and ex.is_ref(v))
-                    ]
+                    if rt.cached or ex.remote:  # else nothing can be lazy or remote: skip the scan
+                        pending[rt.name] = [
+                            k for k, v in kept.items() if type(v) is Lazy or (ex.remote and ex.is_ref(v))
+                        ]
             summaries = tuple(
-                StageSummary(
-                    rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, sum(r[2] for r in rt.records)
-                )
+                StageSummary(rt.name, rt.kind, rt.done, rt.cached, rt.failed, rt.skipped, rt.busy_seconds)
                 for rt in run.stages.values()
             )
             series = metrics.series_table() if metrics is not None else None

@@ -111,6 +111,7 @@ class StageRun:
         self.started = self.done = self.failed = self.cached = self.skipped = 0
         self.flushed = (0, 0, 0, 0)
         self.flushed_records = 0  # records already reported in a StageProgress
+        self.busy_seconds = 0.0  # summed compute time of the partitions done
         self.total: int | None = None
         self.rng = random.Random()
         self.fetchers: list[Any] = []
@@ -224,6 +225,7 @@ class StageRun:
                     else:
                         dt = now() - t0
                         self.done += 1
+                        self.busy_seconds += dt
                         records.append((pkey, "ok", dt, 1, "cache disabled"))
                         if self.inline and dt > INLINE_BAIL and self.mode == "inline-auto":
                             self.inline, self.mode = False, "thread"
@@ -279,6 +281,7 @@ class StageRun:
                 return
             dt = now() - t0
             ds.done += 1
+            ds.busy_seconds += dt
             ds.records.append((pkey, "ok", dt, 1, "cache disabled"))
             if dt > INLINE_BAIL and ds.mode == "inline-auto":
                 ds.inline, ds.mode = False, "thread"
@@ -517,6 +520,7 @@ class StageRun:
         if self.is_async_gen or self.is_sync_gen:
             out = [(PartitionKey(pkey.index, sub, pkey.item), part) for sub, part in enumerate(out)]
         self.done += 1
+        self.busy_seconds += dt
         self.records.append((pkey, "ok", dt, attempt, reason))
         if run.detail:
             run.publish_detail(
