@@ -166,3 +166,18 @@ def test_runs_freeze_preexisting_objects_out_of_gc_scans_and_undo_it_once_idle(m
     assert (gc.get_freeze_count(), gc.get_threshold()[2]) == (before, threshold2)
     _pipe(probe).run_sync([1], freeze_gc=False)
     assert seen[-1] == (before, threshold2)
+
+
+def test_progress_carries_at_most_the_kept_durations_and_summaries_count_all_time():
+    from asyncpipe._events import StageProgress
+    from asyncpipe._metrics import RESERVOIR
+
+    events = []
+    result = _pipe(lambda i: i).run_sync(range(3 * RESERVOIR), on_event=events.append)
+    progress = [e for e in events if isinstance(e, StageProgress)]
+    assert sum(e.finished for e in progress) == 3 * RESERVOIR
+    assert all(len(e.durations) <= RESERVOIR for e in progress)
+    assert any(len(e.durations) > 0 for e in progress)
+    (summary,) = [s for s in result.stages if s.done]
+    recorded = sum(r[2] for r in result.records[summary.name])
+    assert summary.seconds == pytest.approx(recorded, rel=1e-9, abs=1e-12)
