@@ -95,6 +95,9 @@ class StageRun:
         self.concurrency_is_default = (
             ps.stage.options.concurrency is DEFAULT and run.pipe.defaults.get("concurrency") is DEFAULT
         )
+        # "auto" thread calls take one of the run's CPU slots while probed and, if found
+        # CPU-bound, for good: GIL-holding calls of all stages then share the cores.
+        self.cpu_slot = self.mode == "auto" and not self.inline and self.concurrency_is_default
         self.conc = int(getattr(limiter, "max_limit", ps.concurrency) if limiter else ps.concurrency)
         self.q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, self.conc))
         self.inbox = self.q  # where upstream stages deliver (joins have a separate one)
@@ -550,15 +553,20 @@ class StageRun:
         if self.is_sync_gen:
             fn = _ListOf(self.fn)
         if self.mode == "auto" and len(self.probes) < AUTO_PROBES:
-            aw = self.executor.submit(_timed, (fn, args, kwargs, now), {})
-            out, inner, cpu = await self._bounded(aw)
+            async with self.run.cpu_slots:
+                aw = self.executor.submit(_timed, (fn, args, kwargs, now), {})
+                out, inner, cpu = await self._bounded(aw)
             self.probes.append(inner)
             self.probe_cpu += cpu
             if len(self.probes) == AUTO_PROBES:
                 self.settle_auto()
             return out, now() - t0
         try:
-            out = await self._bounded(self.executor.submit(fn, args, kwargs))
+            if self.cpu_slot:
+                async with self.run.cpu_slots:
+                    out = await self._bounded(self.executor.submit(fn, args, kwargs))
+            else:
+                out = await self._bounded(self.executor.submit(fn, args, kwargs))
         except Exception as exc:
             if self.executor.name == "process" and "pickl" in str(exc).lower():
                 cause = exc.__cause__ or exc
@@ -580,10 +588,12 @@ class StageRun:
         took 1.36 s with 115 ms loop stalls, 2 threads 0.89 s with 55 ms).
         """
         wall = sum(self.probes)
+        self.cpu_slot = False
         if max(self.probes) < INLINE_MAX and self.timeout is None:
             self.inline, self.mode = True, "inline-auto"
         elif wall > 0 and self.probe_cpu / wall > CPU_BOUND and self.concurrency_is_default:
             self.worker_cap = max(1, os.cpu_count() or 1)
+            self.cpu_slot = True
 
     async def _bounded(self, aw: Any) -> Any:
         if self.timeout is None:

@@ -78,6 +78,38 @@ async def test_auto_runs_cheap_functions_inline_and_slow_ones_in_threads():
 
 
 @pytest.mark.asyncio
+async def test_cpu_bound_auto_stages_share_the_runs_cpu_slots(monkeypatch):
+    import threading
+
+    from asyncpipe import _engine
+
+    monkeypatch.setattr(_engine, "CPU_SLOTS", 1)
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def crunch(x):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        _busy(0.003)  # on the CPU: "auto" finds these stages CPU-bound
+        with lock:
+            state["now"] -= 1
+        return x
+
+    def first(i):
+        return crunch(i)
+
+    def second(first):
+        return crunch(first)
+
+    pipe = ap.Pipeline([ap.source(first), ap.stage(second)], cache=False)
+    result = await pipe.run(range(40), monitor=False)
+    assert result.output() == list(range(40))
+    # both stages have 4 threads, yet with one slot no two calls ever overlapped
+    assert state["most"] == 1
+
+
+@pytest.mark.asyncio
 async def test_thread_and_inline_executors_are_respected():
     import threading
 
