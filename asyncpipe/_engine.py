@@ -119,11 +119,6 @@ class _GcFreeze:
         return cls._thaw is None
 
 
-#: GIL-holding ("auto" CPU-bound) stage calls in flight at once, across all stages of
-#: a run. More threads than cores only contend for the GIL: on the P3 workload (three
-#: pandas stages, 2 cores) 6 threads took 1.2-1.9 s and stalled the loop 65-150 ms;
-#: 2 at a time took 0.9-1.1 s.
-CPU_SLOTS = max(1, os.cpu_count() or 1)
 #: Young (generation 1) collections between full ones while a run is active: ~7M net
 #: allocations at the default thresholds, against ~70k normally.
 RUN_GEN2_THRESHOLD = 1000
@@ -162,8 +157,6 @@ class Run:
         self.paused = False
         self.resume_event = asyncio.Event()
         self.resume_event.set()
-        #: Calls of GIL-holding stages in flight across the run (see StageRun.cpu_slot).
-        self.cpu_slots = asyncio.Semaphore(CPU_SLOTS)
         self.tracking = False
         self.failures: list[Failure] = []
         self.items: list[Any] = []

@@ -15,6 +15,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._cpuslots import call_in_slot
 from ._deadletter import Failure
 from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
 from ._exceptions import CacheError, SerializationError, StageError
@@ -95,8 +96,8 @@ class StageRun:
         self.concurrency_is_default = (
             ps.stage.options.concurrency is DEFAULT and run.pipe.defaults.get("concurrency") is DEFAULT
         )
-        # "auto" thread calls take one of the run's CPU slots while probed and, if found
-        # CPU-bound, for good: GIL-holding calls of all stages then share the cores.
+        # "auto" thread calls take a CPU slot (asyncpipe._cpuslots) while probed and, if
+        # found CPU-bound, for good: GIL-holding calls of all stages then share the cores.
         self.cpu_slot = self.mode == "auto" and not self.inline and self.concurrency_is_default
         self.conc = int(getattr(limiter, "max_limit", ps.concurrency) if limiter else ps.concurrency)
         self.q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, self.conc))
@@ -553,9 +554,8 @@ class StageRun:
         if self.is_sync_gen:
             fn = _ListOf(self.fn)
         if self.mode == "auto" and len(self.probes) < AUTO_PROBES:
-            async with self.run.cpu_slots:
-                aw = self.executor.submit(_timed, (fn, args, kwargs, now), {})
-                out, inner, cpu = await self._bounded(aw)
+            aw = self.executor.submit(call_in_slot, (_timed, (fn, args, kwargs, now), {}), {})
+            out, inner, cpu = await self._bounded(aw)
             self.probes.append(inner)
             self.probe_cpu += cpu
             if len(self.probes) == AUTO_PROBES:
@@ -563,8 +563,7 @@ class StageRun:
             return out, now() - t0
         try:
             if self.cpu_slot:
-                async with self.run.cpu_slots:
-                    out = await self._bounded(self.executor.submit(fn, args, kwargs))
+                out = await self._bounded(self.executor.submit(call_in_slot, (fn, args, kwargs), {}))
             else:
                 out = await self._bounded(self.executor.submit(fn, args, kwargs))
         except Exception as exc:

@@ -78,12 +78,13 @@ async def test_auto_runs_cheap_functions_inline_and_slow_ones_in_threads():
 
 
 @pytest.mark.asyncio
-async def test_cpu_bound_auto_stages_share_the_runs_cpu_slots(monkeypatch):
+async def test_cpu_bound_auto_stages_share_the_cpu_slots():
     import threading
 
-    from asyncpipe import _engine
+    from asyncpipe import _cpuslots
 
-    monkeypatch.setattr(_engine, "CPU_SLOTS", 1)
+    default = _cpuslots.SLOTS
+    _cpuslots.configure(1)
     lock = threading.Lock()
     state = {"now": 0, "most": 0}
 
@@ -103,10 +104,20 @@ async def test_cpu_bound_auto_stages_share_the_runs_cpu_slots(monkeypatch):
         return crunch(first)
 
     pipe = ap.Pipeline([ap.source(first), ap.stage(second)], cache=False)
-    result = await pipe.run(range(40), monitor=False)
+    try:
+        result = await pipe.run(range(40), monitor=False)
+    finally:
+        _cpuslots.configure(default)
     assert result.output() == list(range(40))
     # both stages have 4 threads, yet with one slot no two calls ever overlapped
     assert state["most"] == 1
+
+
+def test_cpu_slots_reject_a_nonsense_count():
+    from asyncpipe import _cpuslots
+
+    with pytest.raises(ValueError, match="must be >= 1"):
+        _cpuslots.configure(0)
 
 
 @pytest.mark.asyncio

@@ -34,6 +34,7 @@ from typing import Any
 import joblib
 import xxhash
 
+from .._cpuslots import slot as cpu_slot
 from .._exceptions import CacheError, CacheWarning
 from . import _manage
 from ._codekey import MEMO as CODE_MEMO
@@ -363,7 +364,8 @@ class Cache:
         try:
             size = 0
             if fmt:  # "" when the entry was written by a worker and only the log line is ours
-                size = self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
+                with cpu_slot():  # encoding burns a core: share them with CPU-bound stages
+                    size = self._backend.write_entry(self._call_id(stage, key), frozen, fmt)
             if record is not None:
                 lines: list[dict[str, Any]] = []
                 if (stage, record.code) not in self._logged_codes and record.code in self._code_funcs:
