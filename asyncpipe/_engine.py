@@ -18,6 +18,7 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,10 +67,13 @@ class _GcFreeze:
     pause), so it is not done as a run ends — where it would stall whatever awaited the
     run — but once no run has been active for :data:`GC_THAW_DELAY` seconds, followed
     by that collection, in a timer thread. A run starting before then keeps the
-    objects frozen; nothing stays out of collection for longer than an idle second.
+    objects frozen — but not for more than :data:`GC_MAX_FROZEN` seconds of runs
+    following each other with shorter gaps (a schedule, say): the run ending after
+    that thaws at once, so cyclic garbage made between runs is still collected.
     """
 
     active = 0
+    _frozen_since: float | None = None
     _thresholds: tuple[int, int, int] | None = None
     _thaw: threading.Timer | None = None
     _lock = threading.Lock()
@@ -82,6 +86,8 @@ class _GcFreeze:
                 cls._thaw = None
             if cls.active == 0:
                 gc.freeze()
+                if cls._frozen_since is None:
+                    cls._frozen_since = time.monotonic()
                 if cls._thresholds is None:
                     cls._thresholds = gc.get_threshold()
                     t0, t1, t2 = cls._thresholds
@@ -94,7 +100,9 @@ class _GcFreeze:
             cls.active -= 1
             if cls.active > 0:
                 return
-            cls._thaw = threading.Timer(GC_THAW_DELAY, cls._thaw_if_idle)
+            frozen_for = time.monotonic() - (cls._frozen_since or 0.0)
+            delay = GC_THAW_DELAY if frozen_for < GC_MAX_FROZEN else 0.0
+            cls._thaw = threading.Timer(delay, cls._thaw_if_idle)
             cls._thaw.daemon = True
             cls._thaw.start()
 
@@ -104,6 +112,7 @@ class _GcFreeze:
             if cls.active or cls._thaw is not threading.current_thread():
                 return  # a run started meanwhile (or a newer timer owns the thaw)
             cls._thaw = None
+            cls._frozen_since = None
             if cls._thresholds is not None:
                 gc.set_threshold(*cls._thresholds)
                 cls._thresholds = None
@@ -124,6 +133,8 @@ class _GcFreeze:
 RUN_GEN2_THRESHOLD = 1000
 #: Seconds without an active run before frozen objects go back to the collector.
 GC_THAW_DELAY = 1.0
+#: Seconds after which back-to-back runs stop extending a frozen period.
+GC_MAX_FROZEN = 30.0
 
 
 class Run:

@@ -166,6 +166,12 @@ def test_runs_freeze_preexisting_objects_out_of_gc_scans_and_undo_it_once_idle(m
     assert (gc.get_freeze_count(), gc.get_threshold()[2]) == (before, threshold2)
     _pipe(probe).run_sync([1], freeze_gc=False)
     assert seen[-1] == (before, threshold2)
+    # back-to-back runs (a schedule) do not keep objects frozen past GC_MAX_FROZEN
+    monkeypatch.setattr(_engine, "GC_THAW_DELAY", 3600.0)
+    monkeypatch.setattr(_engine, "GC_MAX_FROZEN", 0.0)
+    _pipe(probe).run_sync([1])
+    assert _engine._GcFreeze.wait_thawed(timeout=30)
+    assert gc.get_freeze_count() == before
 
 
 def test_progress_carries_at_most_the_kept_durations_and_summaries_count_all_time():
