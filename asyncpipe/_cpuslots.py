@@ -14,6 +14,10 @@ loop, so a busy loop does not slow the hand-offs::
 
 The number of slots is :data:`SLOTS` (``os.cpu_count()``); :func:`configure` changes it
 (tests, or to leave cores to other work).
+
+Slots are a soft limit: a call that waited :data:`MAX_WAIT` seconds for one runs
+anyway. Otherwise a stage call that holds a slot while it waits for other slotted work
+(a pipeline run inside a stage, say) could wait forever.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = ["SLOTS", "call_in_slot", "configure", "slot"]
 
 #: Slots in the process: one per core.
 SLOTS = max(1, os.cpu_count() or 1)
+#: Seconds a call waits for a slot before it runs without one.
+MAX_WAIT = 2.0
 _sem = threading.Semaphore(SLOTS)
 
 
@@ -41,13 +47,14 @@ def configure(n: int) -> None:
 
 @contextlib.contextmanager
 def slot() -> Iterator[None]:
-    """Hold one CPU slot (blocking until one is free). Call in a worker thread."""
+    """Hold one CPU slot (waiting up to :data:`MAX_WAIT` s for one). Call in a worker thread."""
     sem = _sem
-    sem.acquire()
+    got = sem.acquire(timeout=MAX_WAIT)
     try:
         yield
     finally:
-        sem.release()
+        if got:
+            sem.release()
 
 
 def call_in_slot(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -113,6 +113,30 @@ async def test_cpu_bound_auto_stages_share_the_cpu_slots():
     assert state["most"] == 1
 
 
+def test_a_pipeline_inside_a_slotted_stage_does_not_deadlock(monkeypatch):
+    from asyncpipe import _cpuslots
+
+    default = _cpuslots.SLOTS
+    _cpuslots.configure(1)
+    monkeypatch.setattr(_cpuslots, "MAX_WAIT", 0.2)
+
+    def inner_work(i):
+        _busy(0.003)
+        return i + 1
+
+    inner = ap.Pipeline([ap.source(inner_work)], cache=False)
+
+    def outer(i):
+        _busy(0.003)  # CPU-bound: holds the only slot...
+        return sum(inner.run_sync(range(3), monitor=False).output())  # ...while inner calls want one
+
+    try:
+        result = ap.Pipeline([ap.source(outer)], cache=False).run_sync(range(10), monitor=False)
+    finally:
+        _cpuslots.configure(default)
+    assert result.output() == [6] * 10
+
+
 def test_cpu_slots_reject_a_nonsense_count():
     from asyncpipe import _cpuslots
 
