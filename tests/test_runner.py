@@ -142,7 +142,7 @@ def test_unknown_run_option_is_an_error():
 def test_runs_freeze_preexisting_objects_out_of_gc_scans_and_undo_it_once_idle(monkeypatch):
     import gc
 
-    from asyncpipe import _engine
+    from asyncpipe import _gcfreeze
 
     seen = []
 
@@ -150,27 +150,27 @@ def test_runs_freeze_preexisting_objects_out_of_gc_scans_and_undo_it_once_idle(m
         seen.append((gc.get_freeze_count(), gc.get_threshold()[2]))
         return i
 
-    assert _engine._GcFreeze.wait_thawed(timeout=30)
+    assert _gcfreeze.GcFreeze.wait_thawed(timeout=30)
     before, threshold2 = gc.get_freeze_count(), gc.get_threshold()[2]
-    monkeypatch.setattr(_engine, "GC_THAW_DELAY", 3600.0)
+    monkeypatch.setattr(_gcfreeze, "GC_THAW_DELAY", 3600.0)
     _pipe(probe).run_sync([1])
     # objects alive at the start were frozen during the run, with full collections held back
-    assert seen[-1][0] > before and seen[-1][1] >= _engine.RUN_GEN2_THRESHOLD
+    assert seen[-1][0] > before and seen[-1][1] >= _gcfreeze.RUN_GEN2_THRESHOLD
     # the objects stay frozen (and full collections held back) until idle
-    assert gc.get_freeze_count() > before and gc.get_threshold()[2] >= _engine.RUN_GEN2_THRESHOLD
-    assert not _engine._GcFreeze.wait_thawed(timeout=0.01)
+    assert gc.get_freeze_count() > before and gc.get_threshold()[2] >= _gcfreeze.RUN_GEN2_THRESHOLD
+    assert not _gcfreeze.GcFreeze.wait_thawed(timeout=0.01)
     # a run starting meanwhile cancels the pending thaw; the next idle period thaws
-    monkeypatch.setattr(_engine, "GC_THAW_DELAY", 0.0)
+    monkeypatch.setattr(_gcfreeze, "GC_THAW_DELAY", 0.0)
     _pipe(probe).run_sync([1])
-    assert _engine._GcFreeze.wait_thawed(timeout=30)
+    assert _gcfreeze.GcFreeze.wait_thawed(timeout=30)
     assert (gc.get_freeze_count(), gc.get_threshold()[2]) == (before, threshold2)
     _pipe(probe).run_sync([1], freeze_gc=False)
     assert seen[-1] == (before, threshold2)
     # back-to-back runs (a schedule) do not keep objects frozen past GC_MAX_FROZEN
-    monkeypatch.setattr(_engine, "GC_THAW_DELAY", 3600.0)
-    monkeypatch.setattr(_engine, "GC_MAX_FROZEN", 0.0)
+    monkeypatch.setattr(_gcfreeze, "GC_THAW_DELAY", 3600.0)
+    monkeypatch.setattr(_gcfreeze, "GC_MAX_FROZEN", 0.0)
     _pipe(probe).run_sync([1])
-    assert _engine._GcFreeze.wait_thawed(timeout=30)
+    assert _gcfreeze.GcFreeze.wait_thawed(timeout=30)
     assert gc.get_freeze_count() == before
 
 

@@ -37,8 +37,8 @@ import xxhash
 from .._cpuslots import slot as cpu_slot
 from .._exceptions import CacheError, CacheWarning
 from . import _manage
-from ._codekey import MEMO as CODE_MEMO
 from ._codekey import code_key as _code_key
+from ._codememo import MEMO as CODE_MEMO
 from ._fingerprint import fingerprint as _fingerprint
 from ._index import Record, StageIndex, append_log, read_stage, record_line, stage_dirname
 from ._memory import MISSING, MemoryTier, estimate_size, freeze, thaw

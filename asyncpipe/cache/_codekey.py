@@ -20,12 +20,9 @@ bytecode, constants and names are hashed instead.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dis
 import functools
 import inspect
-import json
-import os
 import sys
 import textwrap
 import types
@@ -34,7 +31,9 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["MEMO", "CodeMemo", "code_key", "function_hashes"]
+from ._codememo import MEMO
+
+__all__ = ["code_key", "function_hashes"]
 
 _CONST_TYPES = (int, float, complex, bool, str, bytes, type(None))
 
@@ -145,63 +144,6 @@ def _feed_code(h: Any, code: types.CodeType) -> None:
             _feed_code(h, const)
         else:
             h.update(repr(const).encode())
-
-
-class CodeMemo:
-    """Function identity -> (normalized-source hash, global names), per process and on disk.
-
-    :class:`asyncpipe.cache.Cache` loads it from ``<cache>/_codekeys.json`` before
-    hashing a run's stages and saves it when something was added, so a fresh process
-    (a script, a restarted kernel) does not parse unchanged code again.
-    """
-
-    #: entries kept on disk (most recently added last)
-    LIMIT = 2048
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[str, tuple[str, ...]]] = {}
-        self._loaded: set[str] = set()
-        self.dirty = False
-
-    def get(self, ident: str) -> tuple[str, tuple[str, ...]] | None:
-        return self._items.get(ident)
-
-    def put(self, ident: str, digest: str, names: set[str]) -> None:
-        self._items[ident] = (digest, tuple(sorted(names)))
-        self.dirty = True
-
-    def load(self, path: str) -> None:
-        """Merge the memo saved at ``path`` (once per path; a damaged file is ignored)."""
-        if path in self._loaded:
-            return
-        self._loaded.add(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-            for ident, (digest, names) in saved.items():
-                self._items.setdefault(ident, (digest, tuple(names)))
-        except (OSError, ValueError, TypeError):
-            return
-
-    def save(self, path: str) -> None:
-        """Write the memo to ``path`` atomically if it changed (errors ignored: it is a memo)."""
-        if not self.dirty:
-            return
-        items = list(self._items.items())[-self.LIMIT :]
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w", encoding="utf-8") as f:
-                json.dump({k: [d, list(n)] for k, (d, n) in items}, f, separators=(",", ":"))
-            os.replace(tmp, path)
-            self.dirty = False
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-
-
-#: The process-wide memo (guarded by the GIL: dict operations are atomic).
-MEMO = CodeMemo()
 
 
 def _qualname(obj: Any) -> str:

@@ -153,15 +153,16 @@ def transform(load):
 
 def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_path, monkeypatch):
     from asyncpipe.cache import _codekey
+    from asyncpipe.cache._codememo import CodeMemo
 
     module = load(tmp_path, BASE)
-    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
     fresh = code_key(module.f)
     memo_file = str(tmp_path / "memo.json")
     _codekey.MEMO.save(memo_file)
 
     # a new process's memo, loaded from disk: the same key without parsing any source
-    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
     _codekey.MEMO.load(memo_file)
 
     def no_parsing(obj):
@@ -173,10 +174,11 @@ def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_pat
 
 def test_code_memo_misses_on_a_real_edit_and_survives_a_damaged_file(tmp_path, monkeypatch):
     from asyncpipe.cache import _codekey
+    from asyncpipe.cache._codememo import CodeMemo
 
     memo_file = tmp_path / "memo.json"
     memo_file.write_text("{not json")
-    monkeypatch.setattr(_codekey, "MEMO", _codekey.CodeMemo())
+    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
     _codekey.MEMO.load(str(memo_file))  # ignored, not raised
     before = code_key(load(tmp_path, BASE, "a").f)
     # the same file name and line numbers, a different constant: a different key
