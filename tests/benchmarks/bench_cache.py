@@ -116,14 +116,16 @@ def child(mode: str, directory: str, parts: int, rows: int) -> float:
     its = items(parts, rows)
     # "After its imports": the runner and engine import lazily on the first run, and
     # pyarrow.dataset on the first read_table; load them before the clock starts.
-    import pyarrow.dataset  # noqa: F401
+    import pyarrow.dataset
+    import pyarrow.parquet  # noqa: F401  (the (f) child imports it before its clock too)
 
     import asyncpipe._engine
     import asyncpipe._history
     import asyncpipe._metrics
     import asyncpipe._runner
     import asyncpipe._sampler
-    import asyncpipe.cache._store  # noqa: F401
+    import asyncpipe.cache._store
+    import asyncpipe.executors._local  # noqa: F401
 
     if mode == "warm":
         cache = Cache(directory)
