@@ -253,7 +253,10 @@ class ParquetStoreBackend(FileSystemStoreBackend):
         import pyarrow.parquet as pq
 
         kind = "table" if isinstance(value, pa.Table) else "frame"
-        table = value if kind == "table" else pa.Table.from_pandas(value, preserve_index=None)
+        # nthreads=1: columns are mostly zero-copy (numeric, Arrow-backed strings), and the
+        # default converts them in a thread pool made for each call (~8 ms of hand-offs per
+        # entry with the stages holding the GIL)
+        table = value if kind == "table" else pa.Table.from_pandas(value, preserve_index=None, nthreads=1)
         # Integrity: a CRC32 per data page, written and verified natively by pyarrow (a
         # Python-level hashing file object cost ~35 ms per 20 MB entry in GIL round trips),
         # plus our footer key, which only a complete write has.
