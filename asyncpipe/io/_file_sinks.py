@@ -30,7 +30,7 @@ import pandas as pd
 from .._stage import Stage, StageOptions
 from ._errors import fail
 from ._files import FsCache, is_unreachable
-from ._formats import to_frame
+from ._formats import sink_frame
 from ._secrets import collect_secrets, redact_options, redact_url
 
 __all__ = ["CsvSink", "ParquetSink", "to_csv", "to_parquet"]
@@ -64,16 +64,9 @@ class _FileSink:
     def __call__(self, value: Any, partition: Any) -> dict[str, Any]:
         """Write ``value`` as this partition's file(s); returns ``{"rows": n, "files": [...]}``."""
         pid = str(partition.id)
-        try:
-            frame = to_frame(value)
-        except TypeError as exc:
-            fail(
-                f"Sink {self.name!r} got a value it cannot write for partition {partition.label}",
-                store=STORE,
-                obj=self.root,
-                cause=exc,
-                secrets=self._secrets,
-            )
+        frame = sink_frame(
+            value, sink=self.name, partition=partition, store=STORE, obj=self.root, secrets=self._secrets
+        )
         target = f"{self.root}/part-{pid}{self.suffix}"
         try:
             fs, root = self._fs.resolve(self.root)

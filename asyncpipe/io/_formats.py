@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, Any, Final
 
 import pandas as pd
+
+from ._errors import fail
 
 __all__ = ["FORMATS", "content_type_format", "decode", "infer_format", "to_frame"]
 
@@ -99,6 +101,22 @@ def decode(
     import pyarrow.parquet as pq
 
     return pq.read_table(stream, **opts).to_pandas()
+
+
+def sink_frame(
+    value: Any, *, sink: str, partition: Any, store: str, obj: str, secrets: Iterable[str] = ()
+) -> pd.DataFrame:
+    """:func:`to_frame`, failing with a :class:`StoreError` that names the sink and partition."""
+    try:
+        return to_frame(value)
+    except TypeError as exc:
+        fail(
+            f"Sink {sink!r} got a value it cannot write for partition {partition.label}",
+            store=store,
+            obj=obj,
+            cause=exc,
+            secrets=secrets,
+        )
 
 
 def to_frame(value: Any) -> pd.DataFrame:

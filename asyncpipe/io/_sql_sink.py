@@ -30,7 +30,7 @@ import pandas as pd
 
 from .._stage import Stage, StageOptions
 from ._errors import fail
-from ._formats import to_frame
+from ._formats import sink_frame
 from ._runtime import Runtime
 from ._secrets import collect_secrets, redact_url
 from ._sql import _import_sqlalchemy, engine_for, sql_failure
@@ -75,16 +75,9 @@ class SqlSink:
     def __call__(self, value: Any, partition: Any) -> dict[str, Any]:
         """Replace (or upsert) this partition's rows in one transaction."""
         sa = _import_sqlalchemy()
-        try:
-            frame = to_frame(value)
-        except TypeError as exc:
-            fail(
-                f"Sink {self.name!r} got a value it cannot write for partition {partition.label}",
-                store=STORE,
-                obj=self.table,
-                cause=exc,
-                secrets=self._secrets,
-            )
+        frame = sink_frame(
+            value, sink=self.name, partition=partition, store=STORE, obj=self.table, secrets=self._secrets
+        )
         pid = str(partition.id)
         if self.key_column:
             if self.key_column in frame.columns:

@@ -156,6 +156,15 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, part):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-cc03.parquet"]
 
 
+def test_a_value_that_is_not_a_table_names_the_sink_and_partition(tmp_path, part):
+    sink = CsvSink(str(tmp_path / "out"), name="save")
+    expected = r"Sink 'save' got a value it cannot write for partition p-ee05"
+    with pytest.raises(StoreError, match=expected) as info:
+        sink(42, part("ee05"))
+    assert isinstance(info.value.__cause__, TypeError) and info.value.obj == str(tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_hive_partitions_and_stale_files_are_removed(tmp_path, part):
     sink = ParquetSink(str(tmp_path / "ds"), partition_cols=["day"])
     result = sink(_frame(4), part("dd04"))

@@ -149,6 +149,15 @@ def test_schema_mismatch_on_append_names_table_and_column(db):
     assert _count(url, table) == 1  # nothing half-written
 
 
+def test_a_value_that_is_not_a_table_names_the_sink_and_partition(db):
+    url, table = db
+    sink = SqlSink(table, url, name="db")
+    with pytest.raises(StoreError, match=r"Sink 'db' got a value it cannot write for partition t1") as info:
+        sink(42, Part("t1"))
+    assert info.value.store == "sql" and info.value.obj == table
+    assert isinstance(info.value.__cause__, TypeError)
+
+
 def test_to_sql_stage():
     stage = to_sql("t", "sqlite:///x.db", input="clean", name="db", retries=2)
     assert stage.kind == "sink" and stage.inputs == {"value": "clean"}
