@@ -56,17 +56,15 @@ def thaw(frozen: Any) -> Any:
     return frozen
 
 
-def estimate_size(frozen: Any, *, exact: bool = False) -> int:
-    """Bytes held by a frozen value. ``exact=False`` is O(1)-ish for frames (loop-safe)."""
+def estimate_size(frozen: Any) -> int:
+    """Bytes held by a frozen value, O(1)-ish for frames (loop-safe). Frames count 8 bytes
+    a cell; the writer corrects the figure with the entry's (uncompressed) file size."""
     if isinstance(frozen, _Pickled):
         return len(frozen.data)
     if isinstance(frozen, (str, bytes)):
         return len(frozen) + 50
     mod = type(frozen).__module__
     if mod.startswith("pandas"):
-        if exact:
-            usage = frozen.memory_usage(index=True, deep=True)
-            return int(usage.sum() if hasattr(usage, "sum") else usage)
         ncols = frozen.shape[1] if frozen.ndim == 2 else 1
         return 8 * len(frozen) * (ncols + 1)
     if mod.startswith("pyarrow"):
@@ -107,7 +105,7 @@ class MemoryTier:
             self._evict()
 
     def resize(self, key: str, nbytes: int) -> None:
-        """Correct the size of an entry (the writer thread measures it exactly)."""
+        """Correct the size of an entry (the writer thread knows its file size)."""
         with self._lock:
             item = self._items.get(key)
             if item is not None:
