@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import importlib
 import inspect
 import os
 import sys
@@ -133,12 +134,13 @@ class Pipeline:
         (callback), ``progress`` (terminal progress), ``monitor`` (metrics and
         resource sampling, default True), ``clock``.
         """
-        runner = sys.modules.get(f"{__package__}._runner")
-        if runner is None or not _ENGINE_LOADED:
+        if not all(m in sys.modules for m in _ENGINE_MODULES):
             # The first run in a process imports the engine, metrics and psutil: ~50 ms
             # of module code, in a thread so that the loop keeps turning meanwhile.
-            runner = await asyncio.to_thread(_load_engine)
-        return await runner.run_pipeline(self, inputs, **options)
+            await asyncio.to_thread(_load_engine)
+        from ._runner import run_pipeline
+
+        return await run_pipeline(self, inputs, **options)
 
     def start(self, inputs: Iterable[Any] | None = None, **options: Any) -> RunHandle:
         """Start a run as a task on the *running* loop and return its handle at once."""
@@ -167,16 +169,14 @@ class Pipeline:
         return self.plan._repr_html_()
 
 
-_ENGINE_LOADED = False
+#: What every run imports; the first run loads them in a thread.
+_ENGINE_MODULES = tuple(f"{__package__}.{m}" for m in ("_runner", "_metrics", "_sampler"))
 
 
-def _load_engine() -> Any:
-    """Import what every run needs (blocking: call in a thread); return ``_runner``."""
-    global _ENGINE_LOADED
-    from . import _metrics, _runner, _sampler  # noqa: F401
-
-    _ENGINE_LOADED = True
-    return _runner
+def _load_engine() -> None:
+    """Import what every run needs (blocking: call in a thread)."""
+    for name in _ENGINE_MODULES:
+        importlib.import_module(name)
 
 
 # -- building the plan ------------------------------------------------------------------

@@ -187,3 +187,33 @@ def test_progress_carries_at_most_the_kept_durations_and_summaries_count_all_tim
     (summary,) = [s for s in result.stages if s.done]
     recorded = sum(r[2] for r in result.records[summary.name])
     assert summary.seconds == pytest.approx(recorded, rel=1e-9, abs=1e-12)
+
+
+def test_the_first_run_imports_the_engine_off_the_event_loop():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, sys, threading
+        import asyncpipe as ap
+
+        seen = {}
+
+        class Spy:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith("asyncpipe._") and name not in seen:
+                    seen[name] = threading.current_thread() is threading.main_thread()
+                return None
+
+        sys.meta_path.insert(0, Spy())
+        pipe = ap.Pipeline([ap.source(lambda i: i, name="work")], cache=False)
+        assert asyncio.run(pipe.run([1, 2])).output() == [1, 2]
+        print(seen.get("asyncpipe._runner"), seen.get("asyncpipe._sampler"))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]  # imported, and not on the loop's thread
