@@ -101,6 +101,32 @@ def test_memory_tier_is_bounded_and_falls_back_to_disk(tmp_path):
         pd.testing.assert_frame_equal(out, frame(1000))
 
 
+def test_big_outputs_enter_the_memory_tier_when_loaded_not_when_stored(tmp_path, monkeypatch):
+    from asyncpipe.cache import _cache
+
+    monkeypatch.setattr(_cache, "ADMIT_ON_STORE", 5_000)
+
+    async def go():
+        cache = Cache(tmp_path)
+        await cache.open(["s"])
+        small, big = parts(inputs=("small",)), parts(inputs=("big",))
+        cache.store("s", small.key, frame(10), small, "p1")
+        cache.store("s", big.key, frame(1000), big, "p2")  # ~16 kB by the O(1) estimate
+        stored = len(cache._mem)
+        await cache.flush()
+        hit = cache.lookup(big, "p2").hit
+        loaded = await cache.load("s", big.key)
+        after_load = len(cache._mem)
+        cache.close()
+        return stored, hit, loaded, after_load
+
+    stored, hit, loaded, after_load = run(go())
+    assert stored == 1  # only the small one was kept in memory when stored
+    assert hit  # the big one is a hit all the same (on disk)
+    pd.testing.assert_frame_equal(loaded, frame(1000))
+    assert after_load == 2  # and is kept in memory once a run has loaded it
+
+
 def test_warm_open_in_a_new_instance_hits_and_explains_misses(tmp_path):
     async def go():
         c1 = Cache(tmp_path)

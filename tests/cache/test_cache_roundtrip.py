@@ -140,6 +140,21 @@ def test_parquet_entries_open_directly_with_pandas_pyarrow_and_duckdb(backend):
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall() == [(2,)]
 
 
+def test_integer_columns_are_delta_encoded_and_read_back_everywhere(backend):
+    df = pd.DataFrame({"i": np.arange(1000, dtype="int64") % 7, "u": np.arange(1000, dtype="uint32"),
+                       "x": np.linspace(0, 1, 1000)})
+    _roundtrip(backend, df)
+    path = os.path.join(backend.location, "s", "0" * 32, PARQUET)
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {row_group.column(i).path_in_schema: row_group.column(i).encodings
+                 for i in range(row_group.num_columns)}
+    assert "DELTA_BINARY_PACKED" in encodings["i"] and "DELTA_BINARY_PACKED" in encodings["u"]
+    assert "DELTA_BINARY_PACKED" not in encodings["x"]
+    assert duckdb.sql(f"SELECT sum(i), sum(u) FROM read_parquet('{path}')").fetchall() == [
+        (int(df["i"].sum()), int(df["u"].sum()))
+    ]
+
+
 def _damage(path, how):
     with open(path, "rb") as f:
         data = bytearray(f.read())
