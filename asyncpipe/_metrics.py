@@ -477,8 +477,6 @@ def series_frame(table: pa.Table) -> pd.DataFrame:
     import pandas as pd
 
     df = table.to_pandas()
-    if len(df.columns) == 0:  # an empty table read back without columns
-        df = pd.DataFrame(columns=list(SERIES_COLUMNS))
     df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]")
     for col in ("limit", "rss_bytes"):
         df[col] = df[col].astype("Int64")

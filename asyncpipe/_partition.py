@@ -41,7 +41,11 @@ _INLINE_BYTES = 1 << 20
 
 
 def cheap_to_fingerprint(item: Any) -> bool:
-    """True for scalars, short strings and short tuples of scalars (hash on the loop)."""
+    """True for scalars, short strings and short tuples of scalars (hash on the loop).
+
+    >>> cheap_to_fingerprint((3, "2024-06-01")), cheap_to_fingerprint(["a", "list"])
+    (True, False)
+    """
     if isinstance(item, str | bytes):
         return len(item) <= _INLINE_BYTES
     if isinstance(item, _SCALARS):

@@ -130,8 +130,7 @@ class Cache:
 
     def save_code_memo(self) -> None:
         """Blocking: save what :meth:`code_key` learnt, so the next process skips parsing."""
-        if self.location.is_dir():
-            CODE_MEMO.save(str(self.location / CODE_MEMO_FILE))
+        CODE_MEMO.save(str(self.location / CODE_MEMO_FILE))  # errors ignored: it is a memo
 
     fingerprint = staticmethod(_fingerprint)
 
