@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import xxhash
 
-__all__ = ["ALL", "PartitionKey", "cheap_to_fingerprint", "item_fingerprint"]
+__all__ = ["ALL", "FAILED", "STOP", "PartitionKey", "cheap_to_fingerprint", "item_fingerprint"]
 
 
 def item_fingerprint(item: Any) -> str:
@@ -126,3 +126,8 @@ class PartitionKey:
 
 #: The single partition a reduce stage produces.
 ALL: Final = PartitionKey(-1, 0, "*")
+
+#: What flows in place of a value whose partition failed upstream (skipped downstream).
+FAILED: Any = object()
+#: Tells a stage's worker that no more partitions will come.
+STOP: Any = object()

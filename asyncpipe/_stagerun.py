@@ -1,4 +1,5 @@
-"""One stage at run time: its queue, workers, cache checks, retries and counters.
+"""One stage at run time: its queue, workers, hot path and counters (attempts and retries
+are in ``_attempts``, cache keys and cached inputs in ``_stagecache``).
 
 Hot path notes (the whole per-item budget is ~10 µs for three stages):
 ``Queue.get_nowait`` before ``await get()``, no per-item events unless a subscriber
@@ -10,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
-from ._cpuslots import call_in_slot
-from ._deadletter import Failure
-from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
-from ._exceptions import CacheError, SerializationError, StageError
+from ._attempts import INLINE_BAIL, Attempts
+from ._events import PartitionFinished
 from ._logging import _partition as _partition_var
 from ._logging import set_task_context
-from ._partition import ALL, PartitionKey
+from ._partition import ALL, FAILED, STOP, PartitionKey
 from ._stage import DEFAULT
+from ._stagecache import CacheSide, Lazy
 
 set_partition = _partition_var.set  # a bound method: no Python call layer on the hot path
 
@@ -31,46 +29,15 @@ if TYPE_CHECKING:
     from ._plan import PlannedStage
     from .executors import Executor
 
-STOP: Any = object()
-FAILED: Any = object()  # value of a partition that failed upstream
-
 #: An inline worker gives the loop a turn after this long, so a stream of cheap items
 #: never holds the loop for more than ~2 ms (the loop-stall budget is 20 ms worst).
 YIELD_EVERY = 0.0005
-#: "auto" sync stages: probe this many calls in a thread; if every one took less than
-#: INLINE_MAX seconds, run the rest inline (a thread hop costs ~150 µs, 10-50x a cheap call).
-AUTO_PROBES = 8
-INLINE_MAX = 0.0002
-#: "auto" stages whose probed calls spent more than this share of their wall time on the
-#: CPU are CPU-bound: they run with one thread per core unless concurrency= was given.
-CPU_BOUND = 0.7
-#: An inline call slower than this sends the stage back to threads for good.
-INLINE_BAIL = 0.005
 
 
-class Lazy:
-    """A cached output not loaded yet; loads on demand, recomputes if the entry is bad."""
+class StageRun(Attempts, CacheSide):
+    """One stage of a run: its queue and workers, the hot path, and a partition's way
+    through the cache (:class:`CacheSide`) and the function (:class:`Attempts`)."""
 
-    __slots__ = ("inputs", "key", "pkey", "rt")
-
-    def __init__(self, rt: StageRun, pkey: PartitionKey, key: str, inputs: tuple[Any, ...]) -> None:
-        self.rt, self.pkey, self.key, self.inputs = rt, pkey, key, inputs
-
-    async def get(self) -> Any:
-        try:
-            return await self.rt.run.cache.load(self.rt.name, self.key)
-        except CacheError:
-            return await self.rt.recompute(self.pkey, self.inputs, self.key)
-
-
-def _timed(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], now: Any) -> tuple[Any, float, float]:
-    """Call in the worker thread; return (result, wall seconds, this thread's CPU seconds)."""
-    t0, c0 = now(), time.thread_time()
-    out = fn(*args, **kwargs)
-    return out, now() - t0, time.thread_time() - c0
-
-
-class StageRun:
     def __init__(self, run: Run, ps: PlannedStage, executor: Executor, limiter: Any) -> None:
         self.run = run
         self.ps = ps
@@ -301,13 +268,6 @@ class StageRun:
         await stage.deliver(pkey, value, None)
 
     # -- one partition ----------------------------------------------------------------
-    def cache_key(self, pkey: PartitionKey, keys: tuple[Any, ...]) -> tuple[bool, str, str, Any]:
-        from .cache import KeyParts
-
-        parts = KeyParts(self.name, self.code_key, self.opts_key, keys)
-        look = self.run.cache.lookup(parts, pkey.id)
-        return look.hit, look.key, look.reason, parts
-
     async def handle(self, pkey: PartitionKey, values: tuple[Any, ...], keys: tuple[Any, ...]) -> None:
         key = parts = None
         reason = "cache disabled"
@@ -369,18 +329,6 @@ class StageRun:
                         write.add_done_callback(lambda _: loop.call_soon_threadsafe(flight.release))
         await self.deliver(pkey, out, key)
 
-    def bind_fetchers(self) -> None:
-        """Per input slot, the remote executor whose references must be fetched before calling.
-
-        A value computed by a remote executor (Dask) stays where it is while it moves
-        between stages of that same executor; any other consumer fetches it here.
-        """
-        ups = [self.run.stages[name] for name in self.slots]
-        self.fetchers = [
-            up.executor if up.executor.remote and up.executor is not self.executor else None for up in ups
-        ]
-        self.any_fetch = any(f is not None for f in self.fetchers)
-
     def finalize(self) -> None:
         """Once the cache is open: decide whether upstream workers may call this stage directly,
         and how many workers it needs."""
@@ -398,233 +346,6 @@ class StageRun:
             # output is still being written, and a crash loses at most `concurrency` partitions
             self.flight = asyncio.Semaphore(self.conc)
             self.n_workers = 2 * self.conc
-
-    async def resolve(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        if any(type(v) is Lazy for v in values):
-            values = tuple([await self.load(v) if type(v) is Lazy else v for v in values])
-        if self.any_fetch:
-            values = tuple(
-                [
-                    v if f is None or not f.is_ref(v) else await f.fetch(v)
-                    for v, f in zip(values, self.fetchers, strict=False)
-                ]
-            )
-        return values
-
-    async def load(self, lazy: Lazy) -> Any:
-        """A cached input: on shared storage a worker of this stage's executor reads it
-        itself (the value stays on the cluster); otherwise it is loaded here."""
-        if self.worker_store is not None:
-            from .cache._remote import load_entry
-
-            where = (self.worker_store.location, self.run.cache.stage_dir(lazy.rt.name), lazy.key)
-            try:
-                return await self.executor.submit(load_entry, where, {})
-            except Exception:  # missing or corrupt there: load (and recompute) here
-                pass
-        return await lazy.get()
-
-    async def cacheable(self, value: Any) -> Any:
-        """The value to write to the cache: a remote result is fetched (the client caches it)."""
-        if self.executor.remote and self.executor.is_ref(value):
-            return await self.executor.fetch(value)
-        return value
-
-    async def recompute(self, pkey: PartitionKey, inputs: tuple[Any, ...], key: str) -> Any:
-        """A cache entry turned out unusable when loaded: compute it again."""
-        values = await self.resolve(inputs)
-        out = await self.compute(pkey, values, "entry corrupt")
-        if out is FAILED:
-            raise StageError(
-                f"Stage {self.name!r} failed recomputing {pkey.label}", stage=self.name, partition=pkey
-            )
-        self.run.cache.store(self.name, key, out, None, pkey.id)
-        return out
-
-    def build_call(
-        self, pkey: PartitionKey, values: tuple[Any, ...]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        ps = self.ps
-        if self.kind == "source":
-            kwargs = dict(self.params)
-            if ps.wants_partition:
-                kwargs["partition"] = pkey
-            return (pkey.item,), kwargs
-        if len(ps.wiring) == 1 and not ps.wants_partition and not self.params:
-            return values, {}
-        by_slot = dict(zip(self.slots, values, strict=True))
-        kwargs = {param: by_slot[up] for param, up in ps.wiring}
-        kwargs.update(self.params)
-        if ps.wants_partition:
-            kwargs["partition"] = pkey
-        return (), kwargs
-
-    async def compute(
-        self,
-        pkey: PartitionKey,
-        values: tuple[Any, ...],
-        reason: str,
-        first: tuple[BaseException, float] | None = None,
-        key: str | None = None,
-    ) -> Any:
-        """Call the function with retries; FAILED (after dead-lettering) on permanent failure.
-
-        ``first`` is an attempt already made by the worker's fast path that raised.
-        ``key``: the cache key, for stages whose worker writes its own entry.
-        """
-        run = self.run
-        args, kwargs = self.build_call(pkey, values)
-        attempt = 0
-        first_failed = 0.0
-        lim = self.limiter
-        clock = run.clock
-        self.started += 1
-        try:
-            while True:
-                attempt += 1
-                if run.detail:
-                    run.publish_detail(PartitionStarted, self.name, pkey, attempt)
-                if lim is not None and not lim.try_acquire():
-                    await lim.acquire()
-                t0 = clock.now()
-                try:
-                    if first is not None:
-                        exc, first = first[0], None
-                        raise exc
-                    out, dt = await self.call(args, kwargs, t0, key)
-                except asyncio.CancelledError:
-                    if lim is not None:
-                        lim.release("cancelled", clock.now() - t0)
-                    raise
-                except Exception as exc:
-                    dt = clock.now() - t0
-                    if lim is not None:
-                        lim.release(run.classify(exc), dt)
-                    first_failed = first_failed or clock.time()
-                    if attempt < self.retry.attempts and self.retry.retryable(exc):
-                        delay = self.retry.delay(attempt, exc, self.rng)
-                        run.publish(
-                            RetryScheduled,
-                            stage=self.name,
-                            partition=pkey,
-                            attempt=attempt,
-                            delay=delay,
-                            error=f"{type(exc).__name__}: {exc}",
-                        )
-                        await clock.sleep(delay)
-                        continue
-                    self.fail(pkey, exc, attempt, first_failed)
-                    return FAILED
-                if lim is not None:
-                    lim.release("ok", dt)
-                break
-        except BaseException:
-            self.started -= 1  # cancelled mid-attempt: no longer running
-            raise
-        if self.is_async_gen or self.is_sync_gen:
-            out = [(PartitionKey(pkey.index, sub, pkey.item), part) for sub, part in enumerate(out)]
-        self.done += 1
-        self.busy_seconds += dt
-        self.records.append((pkey, "ok", dt, attempt, reason))
-        if run.detail:
-            run.publish_detail(
-                PartitionFinished, self.name, pkey, dt, attempt, "miss" if self.cache_on else "off", reason
-            )
-        return out
-
-    async def call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], t0: float, key: str | None = None
-    ) -> tuple[Any, float]:
-        now = self.run.clock.now
-        if key is not None and self.worker_store is not None:
-            # shared cache: the worker that computes the output writes its entry
-            from .cache._remote import KEY_KWARG
-
-            call = self.executor.submit(self.worker_store, args, {**kwargs, KEY_KWARG: key})
-            return await self._bounded(call), now() - t0
-        if self.inline:
-            out = self.fn(*args, **kwargs)
-            dt = now() - t0
-            if dt > INLINE_BAIL and self.mode == "inline-auto":
-                self.inline, self.mode = False, "thread"  # too slow for the loop: back to threads
-            return out, dt
-        if self.is_async_gen:
-            return [part async for part in self.fn(*args, **kwargs)], now() - t0
-        fn = self.fn
-        if self.is_sync_gen:
-            fn = _ListOf(self.fn)
-        if self.mode == "auto" and len(self.probes) < AUTO_PROBES:
-            aw = self.executor.submit(call_in_slot, (_timed, (fn, args, kwargs, now), {}), {})
-            out, inner, cpu = await self._bounded(aw)
-            self.probes.append(inner)
-            self.probe_cpu += cpu
-            if len(self.probes) == AUTO_PROBES:
-                self.settle_auto()
-            return out, now() - t0
-        try:
-            if self.cpu_slot:
-                out = await self._bounded(self.executor.submit(call_in_slot, (fn, args, kwargs), {}))
-            else:
-                out = await self._bounded(self.executor.submit(fn, args, kwargs))
-        except Exception as exc:
-            if self.executor.name == "process" and "pickl" in str(exc).lower():
-                cause = exc.__cause__ or exc
-                raise SerializationError(
-                    f"Stage {self.name!r} could not send a value to or from a process worker: "
-                    f"{type(cause).__name__}: {cause}. Make the stage's inputs and output picklable, "
-                    "or use executor='thread'.",
-                    stage=self.name,
-                ) from exc
-            raise
-        return out, now() - t0
-
-    def settle_auto(self) -> None:
-        """After the probes: cheap calls go inline; CPU-bound ones get one thread per core.
-
-        A call whose thread was busy on the CPU for most of its wall time holds the GIL
-        (pandas/numpy conversions, pure Python): more threads than cores then only
-        contend, slowing the stage and starving the event loop (P3 workload: 4 threads
-        took 1.36 s with 115 ms loop stalls, 2 threads 0.89 s with 55 ms).
-        """
-        wall = sum(self.probes)
-        self.cpu_slot = False
-        if max(self.probes) < INLINE_MAX and self.timeout is None:
-            self.inline, self.mode = True, "inline-auto"
-        elif wall > 0 and self.probe_cpu / wall > CPU_BOUND and self.concurrency_is_default:
-            self.worker_cap = max(1, os.cpu_count() or 1)
-            self.cpu_slot = True
-
-    async def _bounded(self, aw: Any) -> Any:
-        if self.timeout is None:
-            return await aw
-        async with asyncio.timeout(self.timeout):
-            return await aw
-
-    def fail(self, pkey: PartitionKey, exc: BaseException, attempts: int, first: float) -> None:
-        self.failed += 1
-        self.records.append((pkey, "failed", 0.0, attempts, f"{type(exc).__name__}: {exc}"))
-        failure = Failure.from_exception(self.name, pkey, exc, attempts, first, self.run.clock.time())
-        self.run.failed(failure)
-        self.run.publish(
-            PartitionFailed,
-            stage=self.name,
-            partition=pkey,
-            attempts=attempts,
-            error_type=failure.error_type,
-            message=failure.message,
-            traceback=failure.traceback,
-        )
-
-
-class _ListOf:
-    """Wraps a sync generator function so a worker thread drains it into a list."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.__name__ = getattr(fn, "__name__", "generator")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return list(self.fn(*args, **kwargs))
 
 
 __all__ = ["ALL", "FAILED", "STOP", "Lazy", "StageRun"]
