@@ -28,6 +28,7 @@ import asyncio
 import glob
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -174,6 +175,12 @@ def in_child(mode: str, directory: str, parts: int, rows: int) -> float:
 
 
 # -- the benchmark ------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def row(name: str, value: float, base_name: str, base: float, goal: float, note: str = "") -> dict[str, Any]:
     ratio = value / base
     return {"name": name, "metric": "seconds", "value": value, "baseline_name": base_name,
@@ -185,14 +192,19 @@ def run(quick: bool) -> list[dict[str, Any]]:
     its = items(parts, rows)
     tmp = tempfile.mkdtemp(prefix="asyncpipe-p3-")
     timing: dict[str, list[float]] = {k: [] for k in "abcdef"}
+    cpu: dict[str, list[float]] = {"a": [], "b": []}  # CPU seconds, all threads, user + sys
     reference = None
     for rep in range(REPEATS):
+        c0 = cpu_seconds()
         seconds, out = timed_run(its, False)
+        cpu["a"].append(cpu_seconds() - c0)
         timing["a"].append(seconds)
         reference = out if reference is None else reference
         directory = os.path.join(tmp, f"cold{rep}")
         cache = Cache(directory)
+        c0 = cpu_seconds()
         seconds, out = timed_run(its, cache)
+        cpu["b"].append(cpu_seconds() - c0)
         timing["b"].append(seconds)
         pd.testing.assert_frame_equal(out, reference)
         seconds, out = timed_run(its, cache, expect_hits=True)  # warm, same process: memory tier
@@ -212,7 +224,15 @@ def run(quick: bool) -> list[dict[str, Any]]:
     size = f"{parts} x {rows:,} rows x 10 cols, 3 stages"
     on_disk = Cache(warm_dir).info()["bytes"]
     runs = "; ".join(f"({k}) " + " ".join(f"{x:.2f}" for x in timing[k]) for k in "ab")
-    note = f"{size}; cache {on_disk / 2**20:.0f} MiB; runs s: {runs}"
+    # What the cold run's CPU time allows: even with every core busy all the time, (b) takes
+    # at least its CPU seconds divided by the cores.
+    cores = os.cpu_count() or 1
+    cpu_a, cpu_b = statistics.median(cpu["a"]), statistics.median(cpu["b"])
+    floor = cpu_b / cores
+    note = (
+        f"{size}; cache {on_disk / 2**20:.0f} MiB; runs s: {runs}; CPU s (user + sys): (a) {cpu_a:.2f}, "
+        f"(b) {cpu_b:.2f}, so on {cores} cores (b) >= {floor:.2f} s = {floor / m['a']:.2f} x (a)"
+    )
     return [
         row("P3 (b) cold cache vs uncached", m["b"], "(a) uncached", m["a"], 1.3, note),
         row("P3 (c) warm fresh process vs pyarrow", m["c"], "(f) pyarrow reads final Parquet", m["f"], 1.25,

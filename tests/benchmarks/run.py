@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['name']:<{width}}  {val:>12}  {base:>12}  {ratio:>8}  {r['goal']:<10} {met}"
             f"  {r['metric']} / {r['baseline_name'] or '-'}"
         )
+    missed = [r for r in results if not r["met"] and r.get("note")]
+    for r in missed:  # a missed goal comes with what the bench measured about why
+        print(f"note on {r['name']}: {r['note']}")
     payload = {
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "quick": args.quick,
