@@ -45,10 +45,10 @@ _EXPORTS: dict[str, str] = {
     "EventBus": "._events",
     "Failure": "._deadletter",
     "Metrics": "._metrics",
-    "MetricsSnapshot": "._metrics",
+    "MetricsSnapshot": "._snapshot",
     "RunNotFoundError": "._history",
     "RunRecord": "._history",
-    "StageSnapshot": "._metrics",
+    "StageSnapshot": "._snapshot",
     "TerminalProgress": "._progress",
     "configure_logging": "._logging",
     "load_run": "._history",
@@ -143,12 +143,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from ._handle import RunHandle
     from ._history import RunNotFoundError, RunRecord, load_run, runs
     from ._logging import configure_logging, log_context
-    from ._metrics import Metrics, MetricsSnapshot, StageSnapshot
+    from ._metrics import Metrics
     from ._partition import ALL, PartitionKey
     from ._pipeline import Pipeline
     from ._plan import Plan
     from ._progress import TerminalProgress
     from ._result import RunResult
     from ._retry import RetryPolicy
+    from ._snapshot import MetricsSnapshot, StageSnapshot
     from ._stage import DEFAULT, Stage, reduce, sink, source, stage
     from .notebook import monitor, panel, schedule, schedules

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, SystemClock
 from ._deadletter import DeadLetter, Failure
-from ._events import Event, EventBus, RunFinished, RunStarted, StageProgress
+from ._events import EventBus, RunFinished, RunStarted
 from ._exceptions import RunFailed
 from ._gcfreeze import GcFreeze
 from ._joins import JoinRun, ReduceRun
-from ._metrics import RESERVOIR
 from ._partition import PartitionKey, cheap_to_fingerprint, item_fingerprint
+from ._runlimits import RunLimits
+from ._runprogress import RunProgress
 from ._stagerun import StageRun
 from .executors import Executor, create_executor
 
@@ -38,17 +39,11 @@ __all__ = ["Run"]
 
 _log = logging.getLogger("asyncpipe")
 
-#: StageProgress flush period: front ends refresh at <= 10 Hz, so faster is wasted work.
-FLUSH_INTERVAL = 0.1
 #: On cancel, how long to wait for tasks to unwind before giving up on them.
 CANCEL_GRACE = 1.0
-#: Pseudo-stage name of the governor's admission gate in LimitChanged events.
-ADMISSION = "<admission>"
 
 
-
-
-class Run:
+class Run(RunLimits, RunProgress):
     """State of one pipeline run. Created and driven by :mod:`asyncpipe._runner`."""
 
     def __init__(
@@ -113,53 +108,6 @@ class Run:
             self._executors[spec] = create_executor(spec)
         return self._executors[spec]
 
-    def _limiter(self, ps: Any, *, force: bool = False) -> Any:
-        """A stage's Limiter, only where something can change its limit: adaptive
-        concurrency, a rate, or the resource governor (CPU-heavy stages). Static
-        stages run without one (their worker count is the limit)."""
-        if ps.kind == "reduce":
-            return None
-        adaptive = not isinstance(ps.concurrency, int)
-        cpu_heavy = self.governed and ps.executor in ("thread", "auto", "process")
-        if not (adaptive or ps.rate is not None or cpu_heavy or force):
-            return None
-        from ._limiter import Limiter
-
-        return Limiter(
-            ps.name, concurrency=ps.concurrency, rate=ps.rate, clock=self.clock, on_change=self._limit_changed
-        )
-
-    def ensure_limiter(self, stage: str) -> Any:
-        """The stage's Limiter, created on demand so limits can change at runtime."""
-        if stage not in self.plan.names:
-            known = ", ".join(self.plan.names)
-            raise KeyError(f"No stage {stage!r} in pipeline {self.plan.name!r} (stages: {known}).")
-        if stage not in self.stages:
-            raise RuntimeError(
-                f"Run {self.run_id} has not started its stages yet; change limits once it runs "
-                "(e.g. after `await asyncio.sleep(0)`), or set them on the pipeline: pipe.configure(...)."
-            )
-        rt = self.stages[stage]
-        if rt.limiter is None:
-            if rt.kind == "reduce":
-                raise ValueError(f"Stage {stage!r} is a reduce: it has no concurrency to change.")
-            lim = self._limiter(rt.ps, force=True)
-            lim.set_concurrency(rt.conc, reason="initial")
-            rt.limiter = lim
-        return rt.limiter
-
-    def _limit_changed(self, stage: str, kind: str, old: Any, new: Any, reason: str) -> None:
-        from ._events import LimitChanged
-
-        if stage == ADMISSION:
-            kind = "admission"
-        self.publish(LimitChanged, stage=stage, kind=kind, old=old, new=new, reason=reason)
-        rt = self.stages.get(stage)
-        if rt is not None and kind == "concurrency" and rt.limiter is not None and not rt.closing:
-            extra = int(rt.limiter.max_limit) - rt.live
-            if extra > 0 and rt.kind != "reduce":
-                rt.start_workers(extra)
-
     def _build(self) -> None:
         keep = self._keep
         for ps in self.plan.stages:
@@ -186,84 +134,8 @@ class Run:
         for rt in self.stages.values():
             rt.bind_fetchers()
 
-    # -- events ------------------------------------------------------------------------
-    def publish(self, cls: type[Event], **fields: Any) -> None:
-        self.bus.publish(cls(run_id=self.run_id, t=self.clock.time(), **fields))
-
-    def publish_detail(self, cls: type[Event], *args: Any) -> None:
-        names = ("stage", "partition", "duration", "attempt", "cache", "cache_reason")
-        if cls.__name__ == "PartitionStarted":
-            names = ("stage", "partition", "attempt")
-        self.bus.publish(cls(run_id=self.run_id, t=self.clock.time(), **dict(zip(names, args, strict=False))))
-
-    def flush_progress(self) -> None:
-        for rt in self.stages.values():
-            now = (rt.started, rt.done, rt.failed, rt.cached)
-            last = rt.flushed
-            if now == last and not rt.running:
-                continue
-            rt.flushed = now
-            # Percentiles use the last RESERVOIR durations: older ones in this window
-            # would be dropped at once, so they are not even collected (at 400k
-            # partitions/s, collecting them all held the loop 5-10 ms per flush).
-            n = len(rt.records)
-            fresh = rt.records[max(rt.flushed_records, n - RESERVOIR) : n]
-            rt.flushed_records = n
-            lim = rt.limiter
-            durations = tuple(r[2] for r in fresh if r[1] == "ok")
-            self.publish(
-                StageProgress,
-                stage=rt.name,
-                started=now[0] - last[0],
-                finished=now[1] - last[1],
-                failed=now[2] - last[2],
-                cached=now[3] - last[3],
-                running=rt.running,
-                queued=rt.q.qsize(),
-                limit=int(lim.limit) if lim is not None else rt.conc,
-                total=self.expected(rt),
-                durations=durations,
-            )
-
-    def expected(self, rt: StageRun) -> int | None:
-        """How many partitions ``rt`` will see, when known: a source's input count; a
-        reduce's 1; otherwise its upstream's expected count less what failed there."""
-        if rt.kind == "source":
-            return None if rt.is_async_gen or rt.is_sync_gen else rt.total
-        if rt.kind == "reduce":
-            return 1
-        counts = []
-        for name in rt.slots:
-            up = self.stages[name]
-            if up.kind == "reduce":
-                continue
-            n = self.expected(up)
-            if n is None:
-                return None
-            counts.append(n - up.failed - up.skipped)
-        return min(counts) if counts else 1
-
-    async def _flusher(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.flush_progress()
-
     def classify(self, exc: BaseException) -> str:
         return self._classify(exc)
-
-    def track(self, pkey: PartitionKey, delta: int) -> None:
-        """Admission accounting while the governor is on: an input item holds one
-        admission permit until every envelope of its partitions has been consumed."""
-        index = pkey.index
-        if index < 0:
-            return
-        refs = self._refs
-        left = refs.get(index, 0) + delta
-        if left > 0:
-            refs[index] = left
-        else:
-            refs.pop(index, None)
-            self._admission.release("ok")
 
     # -- failures ----------------------------------------------------------------------
     def failed(self, failure: Failure) -> None:
@@ -433,28 +305,6 @@ class Run:
                 error=None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             )
 
-    async def _start_governor(self, loop: asyncio.AbstractEventLoop) -> None:
-        from ._governor import ResourceGovernor
-        from ._limiter import Limiter
-
-        sources = [rt for rt in self.stages.values() if rt.kind == "source"]
-        fan_out = max(1, sum(rt.conc for rt in sources))
-        self._admission = Limiter(
-            ADMISSION, concurrency=fan_out, clock=self.clock, on_change=self._limit_changed
-        )
-        sample = cluster_sampler([rt.executor for rt in self.stages.values()])
-        self._governor = ResourceGovernor(
-            memory_budget=self.pipe.memory_budget, clock=self.clock, sample=sample
-        )
-        heavy = [
-            rt.limiter for rt in self.stages.values() if rt.limiter is not None and rt.ps.executor != "async"
-        ]
-        # before the first item: the baseline memory the governor's model starts from
-        rss0 = None if sample is None else (await sample())[1]
-        self._governor.attach(self._admission, heavy, rss0=rss0)
-        self.tracking = True
-        self._tasks.append(loop.create_task(self._governor.run(), name="asyncpipe:governor"))
-
     async def _watch(self, done: asyncio.Future[None]) -> None:
         """Wait for the run to finish; a crashed engine task fails the run at once."""
         pending = set(self._tasks)
@@ -516,29 +366,6 @@ class Run:
     @property
     def workdir(self) -> str:
         return os.fspath(self.pipe.workdir)
-
-
-def cluster_sampler(executors: list[Executor]) -> Callable[[], Any] | None:
-    """When stages run on a cluster, the governor's sample: this process tree's CPU and RSS
-    plus the workers' memory as the scheduler reports it (None: no cluster, use psutil)."""
-    clients = {id(c): c for ex in executors if ex.remote and (c := getattr(ex, "client", None)) is not None}
-    if not clients:
-        return None
-    from ._governor import _TreeSampler
-    from .executors._dask import worker_memory
-
-    tree = _TreeSampler()
-
-    async def sample() -> tuple[float, int]:
-        cpu, rss = await asyncio.to_thread(tree.sample)
-        for client in clients.values():
-            try:
-                rss += await worker_memory(client)
-            except Exception:  # a scheduler hiccup must not stop the run: count what we know
-                _log.debug("could not read worker memory from the scheduler", exc_info=True)
-        return cpu, rss
-
-    return sample
 
 
 def _default_classify(exc: BaseException) -> str:

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, SystemClock
 from ._exceptions import AsyncpipeError
-from ._metrics import SERIES_COLUMNS, MetricsSnapshot, fmt_seconds, series_frame
+from ._metrics import SERIES_COLUMNS, series_frame
+from ._snapshot import MetricsSnapshot, fmt_seconds
 
 if TYPE_CHECKING:
     import pandas as pd

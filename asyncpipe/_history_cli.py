@@ -26,7 +26,7 @@ import time
 from typing import Any, TextIO
 
 from ._history import DEFAULT_WORKDIR, RunNotFoundError, iter_runs, load_run
-from ._metrics import fmt_seconds
+from ._snapshot import fmt_seconds
 
 __all__ = ["register"]
 

@@ -27,7 +27,8 @@ from typing import IO, Any
 
 from ._clock import Clock
 from ._events import Event, RunFinished
-from ._metrics import Metrics, MetricsSnapshot, fmt_seconds, stage_line
+from ._metrics import Metrics
+from ._snapshot import MetricsSnapshot, fmt_seconds, stage_line
 
 __all__ = ["TerminalProgress"]
 

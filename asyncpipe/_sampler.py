@@ -29,7 +29,7 @@ import psutil
 
 from ._clock import Clock, SystemClock
 from ._events import Event, LoopLag, ResourceSample
-from ._metrics import percentile
+from ._snapshot import percentile
 
 __all__ = ["LoopLagProbe", "ResourceSampler"]
 

@@ -46,6 +46,7 @@ class CacheSide:
     fetchers: list[Any]
     any_fetch: bool
     worker_store: Any
+    compute: Any  # Attempts.compute
 
     def cache_key(self, pkey: PartitionKey, keys: tuple[Any, ...]) -> tuple[bool, str, str, Any]:
         from .cache import KeyParts

@@ -12,7 +12,7 @@ loop) and :meth:`LiveCharts.render` draws them and returns PNG bytes; render is
 meant to run in a worker thread (``asyncio.to_thread``). pyplot is never used:
 a pyplot figure made in a background task leaks into the next cell's output.
 
->>> from asyncpipe._metrics import MetricsSnapshot, StageSnapshot
+>>> from asyncpipe._snapshot import MetricsSnapshot, StageSnapshot
 >>> st = StageSnapshot("parse", 10, 4, 0, 0, 2, 0, 8.0, None, None, None, 0.0, 0.0, 4, None, 0.4)
 >>> snap = MetricsSnapshot("r1", "running", 0.0, 0.5, None, 8.0, 50.0, 2**20, None, (st,), 0, ())
 >>> charts = LiveCharts(["parse"])

@@ -3,7 +3,7 @@
 Everything here is a pure function of a metrics snapshot (plus the plan, to
 estimate totals the engine does not know yet), so it is tested without a run.
 
->>> from asyncpipe._metrics import StageSnapshot
+>>> from asyncpipe._snapshot import StageSnapshot
 >>> s = StageSnapshot("parse", 10, 4, 0, 2, 3, 0, 8.0, 0.01, 0.02, 0.03, 0.0, 0.5, 8, None, 0.5)
 >>> row = StageRow("parse")
 >>> row.update(s, 10, status="running", final=False)
@@ -18,7 +18,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from .._metrics import fmt_bytes, fmt_seconds
+from .._snapshot import fmt_bytes, fmt_seconds
 
 __all__ = ["MAX_ERRORS", "StageRow", "estimated_totals", "failures_html", "headline_html"]
 

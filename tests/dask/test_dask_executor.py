@@ -442,7 +442,7 @@ def test_repr_and_bad_arguments():
 
 @pytest.mark.asyncio
 async def test_governor_reads_worker_memory_from_the_scheduler(cluster):
-    from asyncpipe._engine import cluster_sampler
+    from asyncpipe._runlimits import cluster_sampler
     from asyncpipe.executors._local import ThreadExecutor
 
     assert cluster_sampler([ThreadExecutor()]) is None  # no cluster: the governor uses psutil
