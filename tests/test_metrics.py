@@ -22,7 +22,8 @@ from asyncpipe._events import (
     RunStarted,
     StageProgress,
 )
-from asyncpipe._metrics import Metrics, percentile
+from asyncpipe._metrics import Metrics
+from asyncpipe._snapshot import percentile
 
 RUN = "r1"
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from asyncpipe._metrics import MetricsSnapshot, StageSnapshot
+from asyncpipe._snapshot import MetricsSnapshot, StageSnapshot
 from asyncpipe.notebook._charts import MAX_POINTS, LiveCharts
 
 
