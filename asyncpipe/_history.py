@@ -34,13 +34,12 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._atomic import replace_atomically
 from ._clock import Clock, SystemClock
 from ._exceptions import AsyncpipeError
 from ._metrics import SERIES_COLUMNS, series_frame
@@ -189,7 +188,7 @@ def save_run(directory: str | os.PathLike[str], *, run_id: str, pipeline: str, p
     folder.mkdir(parents=True, exist_ok=True)
     if series is not None:
         try:
-            _atomic(folder / SERIES, functools.partial(_write_series, series))
+            replace_atomically(folder / SERIES, functools.partial(_write_series, series))
         except Exception:
             _log.warning("could not write the metrics series of run %s", run_id, exc_info=True)
     record = {"format": FORMAT, "run_id": run_id, "pipeline": pipeline, "params": params,
@@ -197,7 +196,7 @@ def save_run(directory: str | os.PathLike[str], *, run_id: str, pipeline: str, p
               "n_failures": n_failures, "worst_loop_lag": worst_loop_lag, "error": error,
               "extra": extra or {}}
     data = json.dumps(record, indent=1, default=repr).encode("utf-8")
-    _atomic(folder / RECORD, lambda tmp: Path(tmp).write_bytes(data))
+    replace_atomically(folder / RECORD, lambda tmp: Path(tmp).write_bytes(data))
     return folder
 
 
@@ -230,17 +229,6 @@ def _write_series(series: pd.DataFrame | pa.Table, path: str) -> None:
         series.to_parquet(path, index=False)
     else:
         pq.write_table(series, path)
-
-
-def _atomic(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read(folder: Path) -> RunRecord | None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+
+from .._atomic import replace_atomically
 
 __all__ = ["MEMO", "CodeMemo"]
 
@@ -60,16 +61,13 @@ class CodeMemo:
         if not self.dirty:
             return
         items = list(self._items.items())[-self.LIMIT :]
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w", encoding="utf-8") as f:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump({k: [d, list(n)] for k, (d, n) in items}, f, separators=(",", ":"))
-            os.replace(tmp, path)
+
+        with contextlib.suppress(OSError):
+            replace_atomically(path, write)
             self.dirty = False
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
 
 
 #: The process-wide memo (guarded by the GIL: dict operations are atomic).

@@ -23,6 +23,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._atomic import replace_atomically
+
 __all__ = ["LOG_NAME", "Record", "StageIndex", "append_log", "read_stage", "stage_dirname", "stage_name"]
 
 LOG_NAME = "_runs.jsonl"
@@ -145,10 +147,11 @@ def append_log(stage_path: str, entries: list[dict[str, Any]]) -> None:
 def _compact(log: str, idx: StageIndex) -> None:
     lines = [{"code": c, "funcs": f} for c, f in idx.codes.items()]
     lines += [record_line(p, r) for p, r in idx.records.items()]
-    tmp = f"{log}.{os.getpid()}.tmp"
-    try:
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in lines)
-        os.replace(tmp, log)
+
+    try:
+        replace_atomically(log, write)
     except OSError:
         pass  # compaction is an optimisation only
