@@ -156,10 +156,13 @@ class ResourceSample(Event):
 
 @dataclass(frozen=True, slots=True)
 class LoopLag(Event):
-    """How late the event loop woke a ticker, worst over the last ``window`` seconds."""
+    """How late the event loop woke a ticker, worst over the last ``window`` seconds.
+    ``suspects``: the stages that had calls in worker threads during a stall over 20 ms
+    in that window."""
 
     worst: float
     window: float
+    suspects: tuple[str, ...] = ()
 
 
 Callback = Callable[[Event], None]

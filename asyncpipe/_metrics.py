@@ -148,6 +148,7 @@ class Metrics:
         self._rss: int | None = None
         self._nproc: int | None = None
         self._worst_lag: float | None = None
+        self._stall_suspects: collections.Counter[str] = collections.Counter()
         self._lag_since_sample = 0.0
         self._interval = self._interval0
         self._next_sample = self._t0
@@ -187,6 +188,7 @@ class Metrics:
         elif isinstance(event, LoopLag):
             self._worst_lag = event.worst if self._worst_lag is None else max(self._worst_lag, event.worst)
             self._lag_since_sample = max(self._lag_since_sample, event.worst)
+            self._stall_suspects.update(event.suspects)
         elif isinstance(event, RetryScheduled):
             self._stage(event.stage).retries += 1
         elif isinstance(event, LimitChanged):
@@ -282,7 +284,7 @@ class Metrics:
             cpu_percent=self._cpu, rss_bytes=self._rss, worst_loop_lag=self._worst_lag, stages=stages,
             n_failures=self._n_failures, recent_failures=tuple(self._failures), pipeline=self._pipeline,
             params=dict(self._params), finished_at=self._finished_at, n_processes=self._nproc,
-            error=self._error)
+            error=self._error, stall_suspects=tuple(n for n, _ in self._stall_suspects.most_common()))
 
     def _eta(self, stages: tuple[StageSnapshot, ...]) -> float | None:
         """Seconds left: the slowest stage's remaining/throughput; None when unknown."""

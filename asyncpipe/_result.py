@@ -81,6 +81,31 @@ class RunResult:
     series_table: Any = field(default=None, repr=False)
     worst_loop_lag: float | None = None
     run_dir: str = ""
+    #: how often the event loop stalled over 20 ms (``asyncpipe._sampler.STALL_BUDGET``), and
+    #: per stage, during how many of those stalls it had calls in flight in worker threads
+    loop_stalls: int = 0
+    stall_suspects: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def loop_report(self) -> str:
+        """One line on how responsive the event loop stayed, naming the stages that had
+        calls in worker threads whenever it stalled over 20 ms; "" when the loop was not
+        measured (``monitor=False``)."""
+        if self.worst_loop_lag is None:
+            return ""
+        line = f"worst loop stall {self.worst_loop_lag * 1e3:.1f} ms"
+        if not self.loop_stalls:
+            return line
+        line += f", {self.loop_stalls} over 20 ms"
+        if self.stall_suspects:
+            ranked = sorted(self.stall_suspects.items(), key=lambda kv: -kv[1])
+            names = ", ".join(f"{name!r} ({n})" for name, n in ranked)
+            line += (
+                f" while stages ran in worker threads: {names}. A stage whose C code holds the GIL "
+                "keeps the loop waiting; run it with executor='process' or 'dask' "
+                "(docs: performance, P8)"
+            )
+        return line
 
     @functools.cached_property
     def metrics(self) -> pd.DataFrame | None:
@@ -177,13 +202,11 @@ class RunResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        lag = (
-            f", worst loop stall {self.worst_loop_lag * 1e3:.1f} ms"
-            if self.worst_loop_lag is not None
-            else ""
-        )
+        report = self.loop_report
+        lag = f", {report}" if report and not self.loop_stalls else ""
         head = f"<RunResult {self.pipeline!r} {self.run_id}: {self.status} in {self.duration:.2f}s{lag}>"
-        return head + "\n" + self.summary()
+        tail = f"\n{report}" if self.loop_stalls else ""
+        return head + "\n" + self.summary() + tail
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -198,9 +221,12 @@ class RunResult:
             summary = f"<summary>{len(self.failure_list)} failure(s)</summary>"
             fails = f"<details>{summary}<ul>{items}{more}</ul></details>"
         color = {"succeeded": "green", "failed": "#b00", "cancelled": "#a60"}.get(self.status, "black")
+        report = self.loop_report
+        loop = f"<p style='color:{'#a60' if self.loop_stalls else 'inherit'}'>{html.escape(report)}</p>"
         return (
             f"<div><b>{html.escape(self.pipeline)}</b> <code>{self.run_id}</code> "
             f"<span style='color:{color}'>{self.status}</span> in {self.duration:.2f}s"
             "<table><thead><tr><th>stage</th><th>kind</th><th>done</th><th>cached</th><th>failed</th>"
-            f"<th>compute s</th></tr></thead><tbody>{rows}</tbody></table>{fails}</div>"
+            f"<th>compute s</th></tr></thead><tbody>{rows}</tbody></table>{fails}"
+            f"{loop if report else ''}</div>"
         )

@@ -143,7 +143,7 @@ class _Session:
 
         run = self.run
         assert run is not None
-        self.probe = LoopLagProbe(self.bus.publish, run.run_id)
+        self.probe = LoopLagProbe(self.bus.publish, run.run_id, suspects=run.threaded_stages)
         self.sampler = ResourceSampler(self.bus.publish, run.run_id)
         loop = asyncio.get_running_loop()
         tasks = [
@@ -204,6 +204,8 @@ class _Session:
             records={rt.name: rt.records for rt in run.stages.values()},
             series_table=series,
             worst_loop_lag=getattr(probe, "worst", None),
+            loop_stalls=getattr(probe, "stalls", 0),
+            stall_suspects=dict(probe.blamed) if probe is not None else {},
             run_dir=str(run.run_dir),
         )
         # The record does not depend on the outputs: save it while they load.
@@ -296,6 +298,9 @@ def _save_record(result: RunResult, run: Run) -> None:
         worst_loop_lag=result.worst_loop_lag,
         error=None if run.error is None else f"{type(run.error).__name__}: {run.error}",
         series=result.series_table,
+        extra={"loop_stalls": result.loop_stalls, "stall_suspects": dict(result.stall_suspects)}
+        if result.loop_stalls
+        else None,
     )
 
 

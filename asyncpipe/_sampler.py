@@ -9,7 +9,10 @@ metrics aggregator turns them into the run-wide figures.
   take milliseconds with many children, so each sample runs in a worker thread.
 - :class:`LoopLagProbe` is a ticker that sleeps ``tick`` seconds and records how
   late it wakes: the time the loop was busy with something else. A stage that
-  blocks the loop (a slow sync call run inline) shows up here as a stall.
+  blocks the loop (a slow sync call run inline) shows up here as a stall, and so
+  does a stage whose calls hold the GIL in a worker thread: the probe counts, per
+  stage, the stalls over :data:`STALL_BUDGET` during which that stage had calls in
+  flight in this process (``suspects``), so a run can say which stage to move out.
 
 >>> from asyncpipe._clock import FakeClock
 >>> probe = LoopLagProbe(lambda e: None, "r1", clock=FakeClock())
@@ -23,7 +26,7 @@ import asyncio
 import collections
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -47,6 +50,9 @@ FIRST_SAMPLE = 0.1
 RESCAN = 2.0
 #: Lags kept for percentiles: 10,000 ticks = 50 s at the default 5 ms tick.
 LAG_HISTORY = 10_000
+#: A loop stall longer than this is worth telling the user about: a widget click or
+#: another cell's ``await`` waits that long (the budget benchmark P8 holds asyncpipe to).
+STALL_BUDGET = 0.020
 
 
 class ResourceSampler:
@@ -145,10 +151,14 @@ class LoopLagProbe:
     lateness of that window. ``worst`` is the worst over its life and
     :meth:`percentile` reads the last :data:`LAG_HISTORY` lags. Cost: one wake-up
     per tick (~10-20 µs at 200 Hz, well under 1% of one core).
+
+    ``stalls`` counts the lags over ``budget``; ``suspects()``, asked at each, names
+    the stages with calls in flight in worker threads, and ``blamed`` counts them.
     """
 
     def __init__(self, publish: Publish, run_id: str, *, tick: float = 0.005, report_every: float = 0.5,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, suspects: Callable[[], Iterable[str]] | None = None,
+                 budget: float = STALL_BUDGET) -> None:
         if tick <= 0 or report_every <= 0:
             raise ValueError(f"tick and report_every must be > 0, got {tick!r}, {report_every!r}")
         self._publish = publish
@@ -160,6 +170,11 @@ class LoopLagProbe:
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_HISTORY)
         self._window_worst = 0.0
         self._window_start: float | None = None
+        self.budget = budget
+        self.stalls = 0
+        self.blamed: collections.Counter[str] = collections.Counter()
+        self._suspects = suspects
+        self._window_suspects: set[str] = set()
 
     def percentile(self, q: float) -> float:
         """Percentile ``q`` (0-100) of the recent lags in seconds; 0.0 before any tick."""
@@ -181,6 +196,12 @@ class LoopLagProbe:
                 self._window_worst = lag
                 if lag > self.worst:
                     self.worst = lag
+            if lag > self.budget:
+                self.stalls += 1
+                if self._suspects is not None:
+                    names = list(self._suspects())
+                    self.blamed.update(names)
+                    self._window_suspects.update(names)
             if now - self._window_start >= self.report_every - 1e-12:
                 self.flush()
 
@@ -193,6 +214,7 @@ class LoopLagProbe:
         if span <= 0:
             return
         self._publish(LoopLag(run_id=self._run_id, t=self._clock.time(), worst=self._window_worst,
-                              window=span))
+                              window=span, suspects=tuple(sorted(self._window_suspects))))
         self._window_worst = 0.0
+        self._window_suspects.clear()
         self._window_start = now

@@ -241,6 +241,16 @@ def test_resources_and_worst_loop_lag(m, clock):
         m(LoopLag(run_id=RUN, t=0, worst=worst, window=0.5))
     s = m.snapshot()
     assert (s.cpu_percent, s.rss_bytes, s.n_processes, s.worst_loop_lag) == (150.0, 10_000, 3, 0.250)
+    assert s.stall_suspects == ()
+
+
+def test_stall_suspects_are_ranked_by_how_many_windows_named_them(m, clock):
+    start(m, clock)
+    for suspects in (("load",), ("load", "parse"), (), ("load",), ("parse", "write")):
+        m(LoopLag(run_id=RUN, t=0, worst=0.03, window=0.5, suspects=suspects))
+    assert m.snapshot().stall_suspects[0] == "load"
+    assert set(m.snapshot().stall_suspects) == {"load", "parse", "write"}
+    assert m.snapshot().stall_suspects[1] == "parse"
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])

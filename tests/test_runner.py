@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import html
 import threading
 import time
 
@@ -217,3 +219,32 @@ def test_the_first_run_imports_the_engine_off_the_event_loop():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["False", "False"]  # imported, and not on the loop's thread
+
+
+def test_a_stage_holding_the_gil_in_a_thread_is_named_in_the_loop_report(tmp_path):
+    """sum() over a range is one C call that never lets go of the GIL (~50 ms here): the
+    loop's thread waits as long, and the result names the stage that had calls in flight."""
+
+    def hold(i):
+        return sum(range(4_000_000)) + i
+
+    result = _pipe(hold, executor="thread", concurrency=1, workdir=tmp_path).run_sync(range(3))
+    assert result.ok
+    assert result.worst_loop_lag is not None and result.worst_loop_lag > 0.020
+    assert result.loop_stalls >= 1
+    assert set(result.stall_suspects) == {"work"}
+    assert "'work'" in result.loop_report and "executor='process' or 'dask'" in result.loop_report
+    assert result.loop_report in repr(result)
+    assert html.escape(result.loop_report) in result._repr_html_()
+    record = ap.load_run(result.run_id, tmp_path)
+    assert record.extra["loop_stalls"] == result.loop_stalls
+    assert record.extra["stall_suspects"] == dict(result.stall_suspects)
+
+
+def test_the_loop_report_of_a_responsive_run_is_its_worst_stall_alone(tmp_path):
+    result = _pipe(lambda i: i, workdir=tmp_path).run_sync(range(3))
+    calm = dataclasses.replace(result, worst_loop_lag=0.0042, loop_stalls=0, stall_suspects={})
+    assert calm.loop_report == "worst loop stall 4.2 ms"
+    assert repr(calm).splitlines()[0].endswith(", worst loop stall 4.2 ms>")
+    unmeasured = _pipe(lambda i: i, workdir=tmp_path).run_sync(range(3), monitor=False)
+    assert unmeasured.worst_loop_lag is None and unmeasured.loop_report == ""

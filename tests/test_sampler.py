@@ -226,3 +226,25 @@ def test_lag_probe_catches_a_real_blocking_call():
     probe = asyncio.run(main())
     assert 0.04 <= probe.worst < 1.0
     assert max(e.worst for e in events) == probe.worst
+
+
+@pytest.mark.asyncio
+async def test_lag_probe_counts_stalls_over_the_budget_and_blames_the_stages_in_threads():
+    clock = FakeClock()
+    in_threads: list[str] = []
+    probe = LoopLagProbe(lambda e: None, "r1", tick=0.005, clock=clock, suspects=lambda: list(in_threads))
+    task = asyncio.create_task(probe.run())
+    try:
+        await until(lambda: clock.sleepers == 1)
+        for lateness, running in ((0.010, ["load"]), (0.030, ["load", "parse"]), (0.025, []),
+                                  (0.050, ["load"]), (0.015, ["parse"])):
+            in_threads[:] = running
+            clock.advance(0.005 + lateness)
+            await until(lambda: clock.sleepers == 1)
+        # 10 and 15 ms are within the 20 ms budget; 30, 25 and 50 ms are not
+        assert probe.stalls == 3
+        assert dict(probe.blamed) == {"load": 2, "parse": 1}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -102,6 +102,10 @@ def headline_html(snap: Any, status: str, name: str) -> str:
     lag_text = fmt_seconds(lag)
     if lag is not None and lag > 0.1:
         lag_text = f"<span style='color:#c62828'>{lag_text}</span>"
+    if snap.stall_suspects:  # the stages that held the GIL in threads, most likely first
+        names = html.escape(", ".join(snap.stall_suspects))
+        tip = "executor='process' or 'dask' keeps their GIL-holding work away from the event loop"
+        lag_text += f" <span class='asyncpipe-stall' title=\"{tip}\">during {names}</span>"
     return (
         f"<div class='asyncpipe-header'><b>{html.escape(name)}</b> "
         f"<span class='asyncpipe-status' style='color:{color};font-weight:bold'>{status}</span>"
