@@ -65,6 +65,7 @@ class Attempts:
     worker_store: Any
     rng: Any
     records: list[tuple[Any, ...]]
+    in_flight: int
     started: int
     done: int
     failed: int
@@ -225,10 +226,15 @@ class Attempts:
             self.cpu_slot = True
 
     async def _bounded(self, aw: Any) -> Any:
-        if self.timeout is None:
-            return await aw
-        async with asyncio.timeout(self.timeout):
-            return await aw
+        """Await an executor call (under the stage's timeout), counted in ``in_flight``."""
+        self.in_flight += 1
+        try:
+            if self.timeout is None:
+                return await aw
+            async with asyncio.timeout(self.timeout):
+                return await aw
+        finally:
+            self.in_flight -= 1
 
     def fail(self, pkey: PartitionKey, exc: BaseException, attempts: int, first: float) -> None:
         self.failed += 1
@@ -248,6 +254,9 @@ class Attempts:
 
 class _ListOf:
     """Wraps a sync generator function so a worker thread drains it into a list."""
+
+    #: what executors test for (a remote one splits the list into one future per part)
+    asyncpipe_list_of = True
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn

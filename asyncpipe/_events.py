@@ -157,12 +157,12 @@ class ResourceSample(Event):
 @dataclass(frozen=True, slots=True)
 class LoopLag(Event):
     """How late the event loop woke a ticker, worst over the last ``window`` seconds.
-    ``suspects``: the stages that had calls in worker threads during a stall over 20 ms
-    in that window."""
+    ``suspects``: (stage, n) for each stage that had calls in worker threads during n of
+    the window's stalls over 20 ms."""
 
     worst: float
     window: float
-    suspects: tuple[str, ...] = ()
+    suspects: tuple[tuple[str, int], ...] = ()
 
 
 Callback = Callable[[Event], None]

@@ -1,4 +1,5 @@
-"""Metrics: a pure aggregator over the event stream, and the immutable snapshots front ends poll.
+"""Metrics: a pure aggregator over the event stream; front ends poll its frozen snapshots
+(:mod:`asyncpipe._snapshot`).
 
 :class:`Metrics` is an event subscriber (``bus.subscribe(metrics)``). Each event
 updates a few counters in O(1); nothing is rendered here. Front ends (terminal
@@ -188,7 +189,7 @@ class Metrics:
         elif isinstance(event, LoopLag):
             self._worst_lag = event.worst if self._worst_lag is None else max(self._worst_lag, event.worst)
             self._lag_since_sample = max(self._lag_since_sample, event.worst)
-            self._stall_suspects.update(event.suspects)
+            self._stall_suspects.update(dict(event.suspects))
         elif isinstance(event, RetryScheduled):
             self._stage(event.stage).retries += 1
         elif isinstance(event, LimitChanged):

@@ -93,10 +93,12 @@ class RunResult:
         measured (``monitor=False``)."""
         if self.worst_loop_lag is None:
             return ""
+        from ._sampler import STALL_BUDGET
+
         line = f"worst loop stall {self.worst_loop_lag * 1e3:.1f} ms"
         if not self.loop_stalls:
             return line
-        line += f", {self.loop_stalls} over 20 ms"
+        line += f", {self.loop_stalls} over {STALL_BUDGET * 1e3:.0f} ms"
         if self.stall_suspects:
             ranked = sorted(self.stall_suspects.items(), key=lambda kv: -kv[1])
             names = ", ".join(f"{name!r} ({n})" for name, n in ranked)

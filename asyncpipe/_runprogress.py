@@ -89,10 +89,6 @@ class RunProgress:
             self.flush_progress()
 
     def threaded_stages(self) -> list[str]:
-        """Stages with calls in flight in this process's worker threads (or, for processes,
-        their results being unpickled here): what can hold the GIL away from the loop."""
-        return [
-            rt.name
-            for rt in self.stages.values()
-            if rt.running and not rt.inline and rt.mode != "async" and not rt.executor.remote
-        ]
+        """Stages with calls in flight in this process's worker threads (not waiting for a
+        limiter or a retry): what can hold the GIL away from the loop."""
+        return [rt.name for rt in self.stages.values() if rt.in_flight and rt.executor.name == "thread"]

@@ -174,7 +174,7 @@ class LoopLagProbe:
         self.stalls = 0
         self.blamed: collections.Counter[str] = collections.Counter()
         self._suspects = suspects
-        self._window_suspects: set[str] = set()
+        self._window_suspects: collections.Counter[str] = collections.Counter()
 
     def percentile(self, q: float) -> float:
         """Percentile ``q`` (0-100) of the recent lags in seconds; 0.0 before any tick."""
@@ -199,11 +199,20 @@ class LoopLagProbe:
             if lag > self.budget:
                 self.stalls += 1
                 if self._suspects is not None:
-                    names = list(self._suspects())
-                    self.blamed.update(names)
-                    self._window_suspects.update(names)
+                    self._blame()
             if now - self._window_start >= self.report_every - 1e-12:
                 self.flush()
+
+    def _blame(self) -> None:
+        assert self._suspects is not None
+        try:
+            names = list(self._suspects())
+        except Exception:  # a diagnostic must never stop the probe
+            _log.exception("could not tell which stages were running; no more stall suspects")
+            self._suspects = None
+            return
+        self.blamed.update(names)
+        self._window_suspects.update(names)
 
     def flush(self) -> None:
         """Publish the worst lag since the last report now, if any time passed."""
@@ -214,7 +223,7 @@ class LoopLagProbe:
         if span <= 0:
             return
         self._publish(LoopLag(run_id=self._run_id, t=self._clock.time(), worst=self._window_worst,
-                              window=span, suspects=tuple(sorted(self._window_suspects))))
+                              window=span, suspects=tuple(sorted(self._window_suspects.items()))))
         self._window_worst = 0.0
         self._window_suspects.clear()
         self._window_start = now

@@ -111,7 +111,7 @@ class MetricsSnapshot:
     finished_at: float | None = None
     n_processes: int | None = None
     error: str | None = None
-    #: stages that had calls in worker threads while the loop stalled over 20 ms, most often first
+    #: stages that had calls in worker threads while the loop stalled over 20 ms, in most stalls first
     stall_suspects: tuple[str, ...] = ()
 
     def stage(self, name: str) -> StageSnapshot:

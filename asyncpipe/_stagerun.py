@@ -58,6 +58,7 @@ class StageRun(Attempts, CacheSide):
         self.mode = ps.executor if isinstance(ps.executor, str) else executor.name  # "auto" may go inline
         self.inline = executor.inline
         self.probes: list[float] = []
+        self.in_flight = 0  # calls submitted to the executor and not back yet
         self.probe_cpu = 0.0
         self.worker_cap = 1 << 30  # "auto" lowers it for CPU-bound functions
         self.concurrency_is_default = (

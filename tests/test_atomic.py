@@ -39,3 +39,18 @@ def test_the_new_file_is_user_only_and_temporaries_are_distinct(tmp_path: Path) 
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert seen[0] != seen[1]
     assert all(Path(t).parent == tmp_path for t in seen)
+
+
+def test_the_code_memo_ignores_a_failed_save_and_tries_again_later(tmp_path: Path) -> None:
+    from asyncpipe.cache._codememo import CodeMemo
+
+    memo = CodeMemo()
+    memo.put("mod:f", "abc", {"helper"})
+    memo.save(str(tmp_path / "missing-folder" / "_codekeys.json"))  # OSError: swallowed
+    assert memo.dirty  # still to be saved
+    assert list(tmp_path.iterdir()) == []  # nothing half-written anywhere
+    memo.save(str(tmp_path / "_codekeys.json"))
+    assert not memo.dirty
+    fresh = CodeMemo()
+    fresh.load(str(tmp_path / "_codekeys.json"))
+    assert fresh.get("mod:f") == ("abc", ("helper",))

@@ -221,14 +221,10 @@ def test_the_first_run_imports_the_engine_off_the_event_loop():
     assert out.stdout.split() == ["False", "False"]  # imported, and not on the loop's thread
 
 
-def test_a_stage_holding_the_gil_in_a_thread_is_named_in_the_loop_report(tmp_path):
-    """sum() over a range is one C call that never lets go of the GIL (~50 ms here): the
-    loop's thread waits as long, and the result names the stage that had calls in flight."""
-
-    def hold(i):
-        return sum(range(4_000_000)) + i
-
-    result = _pipe(hold, executor="thread", concurrency=1, workdir=tmp_path).run_sync(range(3))
+def test_a_stage_holding_the_gil_in_a_thread_is_named_in_the_loop_report(tmp_path, gil_holder):
+    """gil_holder keeps the GIL ~100 ms in one C call: the loop's thread waits as long, and
+    the result names the stage that had calls in flight."""
+    result = _pipe(gil_holder, executor="thread", concurrency=1, workdir=tmp_path).run_sync(range(3))
     assert result.ok
     assert result.worst_loop_lag is not None and result.worst_loop_lag > 0.020
     assert result.loop_stalls >= 1

@@ -232,7 +232,9 @@ def test_lag_probe_catches_a_real_blocking_call():
 async def test_lag_probe_counts_stalls_over_the_budget_and_blames_the_stages_in_threads():
     clock = FakeClock()
     in_threads: list[str] = []
-    probe = LoopLagProbe(lambda e: None, "r1", tick=0.005, clock=clock, suspects=lambda: list(in_threads))
+    events: list[LoopLag] = []
+    probe = LoopLagProbe(events.append, "r1", tick=0.005, report_every=10.0, clock=clock,
+                         suspects=lambda: list(in_threads))
     task = asyncio.create_task(probe.run())
     try:
         await until(lambda: clock.sleepers == 1)
@@ -244,6 +246,30 @@ async def test_lag_probe_counts_stalls_over_the_budget_and_blames_the_stages_in_
         # 10 and 15 ms are within the 20 ms budget; 30, 25 and 50 ms are not
         assert probe.stalls == 3
         assert dict(probe.blamed) == {"load": 2, "parse": 1}
+        probe.flush()
+        assert events[-1].suspects == (("load", 2), ("parse", 1))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.asyncio
+async def test_a_failing_suspects_callback_stops_blaming_but_not_the_probe(caplog):
+    clock = FakeClock()
+
+    def broken() -> list[str]:
+        raise RuntimeError("stages not built")
+
+    probe = LoopLagProbe(lambda e: None, "r1", tick=0.005, clock=clock, suspects=broken)
+    task = asyncio.create_task(probe.run())
+    try:
+        await until(lambda: clock.sleepers == 1)
+        for _ in range(2):
+            clock.advance(0.005 + 0.030)
+            await until(lambda: clock.sleepers == 1)
+        assert probe.stalls == 2 and probe.blamed == {} and not task.done()
+        assert caplog.text.count("no more stall suspects") == 1
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -304,7 +304,7 @@ async def _settled(fut: Future) -> None:
 
 
 def _is_list_of(fn: Any) -> bool:
-    return type(fn).__name__ == "_ListOf" and type(fn).__module__ == "asyncpipe._attempts"
+    return getattr(type(fn), "asyncpipe_list_of", False) is True
 
 
 def _default_client() -> Client | None:

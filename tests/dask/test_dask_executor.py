@@ -144,6 +144,12 @@ async def test_mixed_local_and_dask_stages_keep_data_on_the_cluster(cluster):
         assert ex.fetched == 21
         pipe2 = ap.Pipeline([ap.source(agen, executor="dask")], name="async-on-dask", cache=False)
         assert (await pipe2.run(range(3), executors={"dask": ex})).output() == [0, 1, 2]
+
+        def parts(n):  # a sync generator: its parts come back as one future each
+            yield from range(n)
+
+        pipe3 = ap.Pipeline([ap.source(parts, executor="dask")], name="gen-on-dask", cache=False)
+        assert (await pipe3.run([2, 3], executors={"dask": ex})).output() == [0, 1, 0, 1, 2]
     finally:
         await ex.aclose()
     # the user's cluster is untouched by aclose()

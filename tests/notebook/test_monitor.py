@@ -165,11 +165,9 @@ async def test_chart_frames_are_drawn_in_a_helper_process_with_a_thread_fallback
 
 
 @pytest.mark.asyncio
-async def test_the_header_names_the_stages_in_threads_when_the_loop_stalled(comm_log):
-    def hold(n):  # one C call that keeps the GIL ~50 ms: the loop's thread waits as long
-        return sum(range(4_000_000)) + n
-
-    pipe = ap.Pipeline([ap.source(hold, executor="thread", concurrency=1)], name="gil", cache=False)
+async def test_the_header_names_the_stages_in_threads_when_the_loop_stalled(comm_log, gil_holder):
+    stage = ap.source(gil_holder, name="hold", executor="thread", concurrency=1)  # ~100 ms with the GIL
+    pipe = ap.Pipeline([stage], name="gil", cache=False)
     mon = Monitor(pipe.start(range(3)), charts=False)
     result = await mon
     assert set(result.stall_suspects) == {"hold"}
