@@ -136,7 +136,8 @@ class RunRecord:
             f"run {self.run_id}  pipeline {self.pipeline or '-'}  {self.status}",
             f"  started  {_iso(self.started_at)}   finished {_iso(self.finished_at)}   "
             f"duration {fmt_seconds(self.duration)}",
-            f"  failures {self.n_failures}   worst loop lag {fmt_seconds(self.worst_loop_lag)}",
+            f"  failures {self.n_failures}   worst loop lag {fmt_seconds(self.worst_loop_lag)}"
+            + self._stall_text(),
         ]
         if self.error:
             lines.append(f"  error    {self.error}")
@@ -148,6 +149,15 @@ class RunRecord:
         lines.append(f"  path     {self.path}")
         return "\n".join(lines)
 
+    def _stall_text(self) -> str:
+        """', 4 stalls over 20 ms during load (3), parse (1)' when the run recorded any."""
+        stalls = self.extra.get("loop_stalls")
+        if not stalls:
+            return ""
+        suspects = sorted(self.extra.get("stall_suspects", {}).items(), key=lambda kv: -kv[1])
+        during = ", ".join(f"{name} ({n})" for name, n in suspects)
+        return f", {stalls} stalls over 20 ms" + (f" during {during}" if during else "")
+
     def _repr_html_(self) -> str:
         e = html.escape
         keys = sorted({k for totals in self.stages.values() for k in totals})
@@ -157,7 +167,7 @@ class RunRecord:
             + "</tr>" for name, t in self.stages.items())
         return (f"<div><p><b>run {e(self.run_id)}</b> ({e(self.pipeline)}) {e(self.status)}, "
                 f"{self.n_failures} failures, duration {e(fmt_seconds(self.duration))}, worst loop lag "
-                f"{e(fmt_seconds(self.worst_loop_lag))}</p><table><thead><tr>{head}</tr></thead>"
+                f"{e(fmt_seconds(self.worst_loop_lag))}{e(self._stall_text())}</p><table><thead><tr>{head}</tr></thead>"
                 f"<tbody>{body}</tbody></table></div>")
 
 

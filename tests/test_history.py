@@ -194,6 +194,15 @@ def test_record_text_and_html(tmp_path):
     assert "store: done 9  failed 1" in text and "error    ValueError: boom" in text
     page = rec._repr_html_()
     assert "&lt;etl&gt;" in page and "<td>store</td>" in page and "<etl>" not in page
+    assert "stalls over" not in text
+
+
+def test_record_text_names_the_stall_suspects(tmp_path):
+    record(tmp_path, "20260101-000000-aaaaaa",
+           extra={"loop_stalls": 4, "stall_suspects": {"parse": 1, "<load>": 3}})
+    rec = load_run("2026", tmp_path)
+    assert "worst loop lag 4.0ms, 4 stalls over 20 ms during <load> (3), parse (1)" in str(rec)
+    assert "4 stalls over 20 ms during &lt;load&gt; (3), parse (1)" in rec._repr_html_()
 
 
 # -- the CLI ------------------------------------------------------------------------------------
