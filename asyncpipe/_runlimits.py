@@ -79,10 +79,9 @@ class RunLimits:
             kind = "admission"
         self.publish(LimitChanged, stage=stage, kind=kind, old=old, new=new, reason=reason)
         rt = self.stages.get(stage)
-        if rt is not None and kind == "concurrency" and rt.limiter is not None and not rt.closing:
-            extra = int(rt.limiter.max_limit) - rt.live
-            if extra > 0 and rt.kind != "reduce":
-                rt.start_workers(extra)
+        if (rt is not None and kind == "concurrency" and rt.limiter is not None and not rt.closing
+                and rt.kind != "reduce"):
+            rt.raise_limit(int(rt.limiter.max_limit))
 
     def track(self, pkey: PartitionKey, delta: int) -> None:
         """Admission accounting while the governor is on: an input item holds one

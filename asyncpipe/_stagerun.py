@@ -90,6 +90,7 @@ class StageRun(Attempts, CacheSide):
         self.worker_store: Any = None  # StoreOnWorker when a cluster writes its own cache entries
         #: cached stages: permits for partitions computed but not yet durable (see handle)
         self.flight: asyncio.Semaphore | None = None
+        self.permits = 0  # the flight semaphore's size
         self.content_fingerprint = (
             getattr(self.fn, "asyncpipe_fingerprint", None) if self.kind == "source" else None
         )
@@ -346,7 +347,21 @@ class StageRun(Attempts, CacheSide):
             # twice the workers, `concurrency` permits: one worker computes while another's
             # output is still being written, and a crash loses at most `concurrency` partitions
             self.flight = asyncio.Semaphore(self.conc)
+            self.permits = self.conc
             self.n_workers = 2 * self.conc
+
+    def raise_limit(self, limit: int) -> None:
+        """The concurrency limit rose at runtime: start the workers it needs and, for a
+        cached stage, add write permits (they never shrink: a lower limit is the limiter's
+        to enforce, so a crash then loses at most the highest limit's worth)."""
+        workers = limit
+        if self.flight is not None:
+            for _ in range(limit - self.permits):
+                self.flight.release()
+            self.permits = max(self.permits, limit)
+            workers = 2 * limit
+        if workers > self.live:
+            self.start_workers(workers - self.live)
 
 
 __all__ = ["ALL", "FAILED", "STOP", "Lazy", "StageRun"]

@@ -16,7 +16,8 @@ from asyncpipe._events import LimitChanged
 
 
 @pytest.mark.asyncio
-async def test_limits_change_mid_run_from_the_handle():
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
+async def test_limits_change_mid_run_from_the_handle(cache, tmp_path):
     in_flight = peak = 0
     gate = asyncio.Event()
 
@@ -29,8 +30,13 @@ async def test_limits_change_mid_run_from_the_handle():
         return i
 
     events = []
-    pipe = ap.Pipeline([ap.source(work, concurrency=1)], cache=False)
+    # a cached stage bounds computed-but-unwritten partitions too: the bound must follow
+    pipe = ap.Pipeline([ap.source(work, concurrency=1)], cache=str(tmp_path / "cache") if cache else False)
     handle = pipe.start(range(8), on_event=events.append)
+    for _ in range(2000):  # until the run is going (opening the cache takes a thread hop)
+        if peak:
+            break
+        await asyncio.sleep(0.001)
     await asyncio.sleep(0.02)
     assert peak == 1
     handle.set_concurrency("work", 4, reason="more please")
