@@ -26,8 +26,8 @@ class GcFreeze:
     """Keep objects that were alive before a run out of the collector's scans during it.
 
     A full (generation 2) collection walks every tracked object: in a kernel with pandas,
-    pyarrow and ipywidgets loaded that is ~0.5M objects and a 30-60 ms pause of the
-    event loop (measured with tests/benchmarks/bench_loopstall.py), on top of whatever the
+    pyarrow and ipywidgets loaded that is ~0.5M objects and a 30-90 ms pause of the
+    event loop (measured ad hoc under bench_loopstall.py's ticker), on top of whatever the
     run allocates. ``gc.freeze()`` moves the pre-existing objects to a permanent generation
     while runs are active (young collections only touch what the runs allocate).
 

@@ -52,7 +52,7 @@ WRITE_THREADS = 2
 #: Outputs up to this many bytes enter the memory tier when stored; bigger ones only
 #: when a later run loads them. Holding every big frame of a cold run in memory while
 #: it is written made cold P3 runs 1.7-2x slower than uncached ones here (against
-#: 1.25-1.35x without): the kernel's sys time tripled with ~1 GB more resident.
+#: 1.5x without, measured ad hoc): the kernel's sys time tripled with ~1 GB more resident.
 ADMIT_ON_STORE = 8 << 20
 #: The code memo's file in a cache location (function identity -> normalized-source hash).
 CODE_MEMO_FILE = "_codekeys.json"

@@ -2,9 +2,10 @@
 
 Rendering a frame is ~60-120 ms of matplotlib and PNG encoding, much of it in C code that
 keeps the GIL: done in a thread, it delayed the kernel's event loop (widget clicks, other
-cells' awaits) by up to 65-210 ms per frame (tests/benchmarks/bench_loopstall.py, panel
-case). One helper process per kernel owns the figures instead; the kernel sends the few
-hundred points of a frame and gets PNG bytes back. If the helper cannot start, frames are
+cells' awaits) by up to 65-210 ms per frame (measured ad hoc with bench_loopstall.py's
+panel case before frames moved here; the benchmark now measures this helper only).
+One helper process per kernel owns the figures instead; the kernel sends the few hundred
+points of a frame and gets PNG bytes back. If the helper cannot start, frames are
 rendered in a thread as before.
 """
 

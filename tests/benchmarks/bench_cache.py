@@ -2,7 +2,7 @@
 
 16 partitions x 250,000 rows x 10 columns (4 float, 3 int, 2 string, 1 datetime), three
 stages per partition: load -> transform -> aggregate, run through ``asyncpipe.Pipeline``.
-In one run, medians of 3 repeats each:
+In one run, medians of 5 repeats each:
 
 (a) uncached (``cache=False``);
 (b) cold cache (a fresh directory: compute + Parquet writes, durable when the run returns;
