@@ -43,7 +43,7 @@ from ._atomic import replace_atomically
 from ._clock import Clock, SystemClock
 from ._exceptions import AsyncpipeError
 from ._metrics import SERIES_COLUMNS, series_frame
-from ._snapshot import MetricsSnapshot, fmt_seconds
+from ._snapshot import MetricsSnapshot, fmt_seconds, stall_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -152,11 +152,7 @@ class RunRecord:
     def _stall_text(self) -> str:
         """', 4 stalls over 20 ms during load (3), parse (1)' when the run recorded any."""
         stalls = self.extra.get("loop_stalls")
-        if not stalls:
-            return ""
-        suspects = sorted(self.extra.get("stall_suspects", {}).items(), key=lambda kv: -kv[1])
-        during = ", ".join(f"{name} ({n})" for name, n in suspects)
-        return f", {stalls} stalls over 20 ms" + (f" during {during}" if during else "")
+        return ", " + stall_text(stalls, self.extra.get("stall_suspects", {})) if stalls else ""
 
     def _repr_html_(self) -> str:
         e = html.escape

@@ -81,7 +81,7 @@ class RunResult:
     series_table: Any = field(default=None, repr=False)
     worst_loop_lag: float | None = None
     run_dir: str = ""
-    #: how often the event loop stalled over 20 ms (``asyncpipe._sampler.STALL_BUDGET``), and
+    #: how often the event loop stalled over 20 ms (``asyncpipe._snapshot.STALL_BUDGET``), and
     #: per stage, during how many of those stalls it had calls in flight in worker threads
     loop_stalls: int = 0
     stall_suspects: Mapping[str, int] = field(default_factory=dict)
@@ -93,19 +93,16 @@ class RunResult:
         measured (``monitor=False``)."""
         if self.worst_loop_lag is None:
             return ""
-        from ._sampler import STALL_BUDGET
+        from ._snapshot import stall_text
 
         line = f"worst loop stall {self.worst_loop_lag * 1e3:.1f} ms"
         if not self.loop_stalls:
             return line
-        line += f", {self.loop_stalls} over {STALL_BUDGET * 1e3:.0f} ms"
+        line += ", " + stall_text(self.loop_stalls, self.stall_suspects)
         if self.stall_suspects:
-            ranked = sorted(self.stall_suspects.items(), key=lambda kv: -kv[1])
-            names = ", ".join(f"{name!r} ({n})" for name, n in ranked)
             line += (
-                f" while stages ran in worker threads: {names}. A stage whose C code holds the GIL "
-                "keeps the loop waiting; run it with executor='process' or 'dask' "
-                "(docs: performance, P8)"
+                " (stages in worker threads). A stage whose C code holds the GIL keeps the loop "
+                "waiting; run it with executor='process' or 'dask' (docs: performance, P8)"
             )
         return line
 

@@ -32,7 +32,7 @@ import psutil
 
 from ._clock import Clock, SystemClock
 from ._events import Event, LoopLag, ResourceSample
-from ._snapshot import percentile
+from ._snapshot import STALL_BUDGET, percentile
 
 __all__ = ["LoopLagProbe", "ResourceSampler"]
 
@@ -50,9 +50,7 @@ FIRST_SAMPLE = 0.1
 RESCAN = 2.0
 #: Lags kept for percentiles: 10,000 ticks = 50 s at the default 5 ms tick.
 LAG_HISTORY = 10_000
-#: A loop stall longer than this is worth telling the user about: a widget click or
-#: another cell's ``await`` waits that long (the budget benchmark P8 holds asyncpipe to).
-STALL_BUDGET = 0.020
+
 
 
 class ResourceSampler:

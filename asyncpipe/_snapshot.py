@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "fmt_seconds",
     "percentile",
     "stage_line",
+    "stall_text",
 ]
 
 
@@ -159,6 +161,24 @@ def percentile(ordered: list[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+#: A loop stall longer than this is worth telling the user about: a widget click or
+#: another cell's ``await`` waits that long (the budget benchmark P8 holds asyncpipe to).
+STALL_BUDGET = 0.020
+
+
+def stall_text(stalls: int, suspects: Mapping[str, int]) -> str:
+    """How often the loop stalled over the budget, and during which stages, most first.
+
+    >>> stall_text(4, {"parse": 1, "load": 3})
+    '4 stalls over 20 ms during load (3), parse (1)'
+    """
+    text = f"{stalls} stall{'s' if stalls != 1 else ''} over {STALL_BUDGET * 1e3:.0f} ms"
+    ranked = sorted(suspects.items(), key=lambda kv: -kv[1])
+    if ranked:
+        text += " during " + ", ".join(f"{name} ({n})" for name, n in ranked)
+    return text
 
 
 def fmt_seconds(s: float | None) -> str:

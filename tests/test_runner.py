@@ -229,7 +229,7 @@ def test_a_stage_holding_the_gil_in_a_thread_is_named_in_the_loop_report(tmp_pat
     assert result.worst_loop_lag is not None and result.worst_loop_lag > 0.020
     assert result.loop_stalls >= 1
     assert set(result.stall_suspects) == {"work"}
-    assert "'work'" in result.loop_report and "executor='process' or 'dask'" in result.loop_report
+    assert "during work (" in result.loop_report and "executor='process' or 'dask'" in result.loop_report
     assert result.loop_report in repr(result)
     assert html.escape(result.loop_report) in result._repr_html_()
     record = ap.load_run(result.run_id, tmp_path)
