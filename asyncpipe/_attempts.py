@@ -9,10 +9,10 @@ process or to a cluster; "auto" stages probe their first calls to choose.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
+from . import _cpuslots
 from ._cpuslots import call_in_slot
 from ._deadletter import Failure
 from ._events import PartitionFailed, PartitionFinished, PartitionStarted, RetryScheduled
@@ -222,7 +222,7 @@ class Attempts:
         if max(self.probes) < INLINE_MAX and self.timeout is None:
             self.inline, self.mode = True, "inline-auto"
         elif wall > 0 and self.probe_cpu / wall > CPU_BOUND and self.concurrency_is_default:
-            self.worker_cap = max(1, os.cpu_count() or 1)
+            self.worker_cap = _cpuslots.SLOTS  # one thread per CPU slot
             self.cpu_slot = True
 
     async def _bounded(self, aw: Any) -> Any:

@@ -60,6 +60,7 @@ class Run(RunLimits, RunProgress):
         clock: Clock | None = None,
         executors: dict[str, Executor] | None = None,
         classify: Callable[[BaseException], str] | None = None,
+        freeze_gc: bool = True,
     ) -> None:
         self.pipe = pipe
         self.plan = pipe.plan
@@ -91,7 +92,7 @@ class Run(RunLimits, RunProgress):
         self.stages: dict[str, StageRun] = {}
         self._keep = keep
         self.governed = pipe.memory_budget is not None
-        self.freeze_gc = True
+        self.freeze_gc = freeze_gc
         self._refs: dict[int, int] = {}
         self._admission: Any = None
         self._governor: Any = None

@@ -109,8 +109,8 @@ class _Session:
             bus=self.bus,
             clock=options.get("clock"),
             executors=options.get("executors"),
+            freeze_gc=bool(options.get("freeze_gc", True)),
         )
-        self.run.freeze_gc = bool(options.get("freeze_gc", True))
 
     async def execute(self) -> RunResult:
         run = self.run

@@ -65,8 +65,9 @@ class StageRun(Attempts, CacheSide):
             ps.stage.options.concurrency is DEFAULT and run.pipe.defaults.get("concurrency") is DEFAULT
         )
         # "auto" thread calls take a CPU slot (asyncpipe._cpuslots) while probed and, if
-        # found CPU-bound, for good: GIL-holding calls of all stages then share the cores.
-        self.cpu_slot = self.mode == "auto" and not self.inline and self.concurrency_is_default
+        # settle_auto finds them CPU-bound, for good: GIL-holding calls of all stages then
+        # share the cores.
+        self.cpu_slot = False
         self.conc = int(getattr(limiter, "max_limit", ps.concurrency) if limiter else ps.concurrency)
         self.q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(2, self.conc))
         self.inbox = self.q  # where upstream stages deliver (joins have a separate one)

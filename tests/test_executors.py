@@ -113,6 +113,37 @@ async def test_cpu_bound_auto_stages_share_the_cpu_slots():
     assert state["most"] == 1
 
 
+@pytest.mark.asyncio
+async def test_a_cpu_bound_auto_stage_with_explicit_concurrency_keeps_it():
+    """The slots and the one-thread-per-slot cap are for stages left at the default
+    concurrency: an explicit ``concurrency=`` is the user's call and is honoured."""
+    import threading
+
+    from asyncpipe import _cpuslots
+
+    default = _cpuslots.SLOTS
+    _cpuslots.configure(1)
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def crunch(i):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        _busy(0.003)
+        with lock:
+            state["now"] -= 1
+        return i
+
+    pipe = ap.Pipeline([ap.source(crunch, concurrency=3)], cache=False)
+    try:
+        result = await pipe.run(range(60), monitor=False)
+    finally:
+        _cpuslots.configure(default)
+    assert result.output() == list(range(60))
+    assert state["most"] >= 2  # with one slot and a cap of one thread it would stay 1
+
+
 def test_a_pipeline_inside_a_slotted_stage_does_not_deadlock(monkeypatch):
     from asyncpipe import _cpuslots
 
