@@ -83,9 +83,10 @@ class CacheSide:
         """A cached input: on shared storage a worker of this stage's executor reads it
         itself (the value stays on the cluster); otherwise it is loaded here."""
         if self.worker_store is not None:
+            from .cache._index import stage_dirname
             from .cache._remote import load_entry
 
-            where = (self.worker_store.location, self.run.cache.stage_dir(lazy.rt.name), lazy.key)
+            where = (self.worker_store.location, stage_dirname(lazy.rt.name), lazy.key)
             try:
                 return await self.executor.submit(load_entry, where, {})
             except Exception:  # missing or corrupt there: load (and recompute) here

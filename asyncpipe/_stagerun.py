@@ -340,9 +340,10 @@ class StageRun(Attempts, CacheSide):
         cache = self.run.cache
         shared = getattr(cache, "shared", False)
         if self.cache_on and self.executor.remote and shared and self.kind != "reduce":
+            from .cache._index import stage_dirname
             from .cache._remote import StoreOnWorker
 
-            self.worker_store = StoreOnWorker(self.fn, str(cache.location), cache.stage_dir(self.name))
+            self.worker_store = StoreOnWorker(self.fn, str(cache.location), stage_dirname(self.name))
             self.executor.prepare(self.worker_store, self.name, self.conc)
         if self.cache_on and self.kind != "reduce" and not (self.is_async_gen or self.is_sync_gen):
             # twice the workers, `concurrency` permits: one worker computes while another's

@@ -31,7 +31,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import joblib
 import xxhash
 
 from .._cpuslots import slot as cpu_slot
@@ -42,7 +41,7 @@ from ._codememo import MEMO as CODE_MEMO
 from ._fingerprint import fingerprint as _fingerprint
 from ._index import Record, StageIndex, append_log, read_stage, record_line, stage_dirname
 from ._memory import MISSING, MemoryTier, estimate_size, freeze, thaw
-from ._store import CorruptEntry, ParquetStoreBackend, _Pickled, choose_format
+from ._store import CorruptEntry, ParquetStoreBackend, _Pickled, choose_format, entry_id, open_store
 
 __all__ = ["Cache", "CacheLookup", "KeyParts"]
 
@@ -102,9 +101,7 @@ class Cache:
                 "worker mounts) are supported. Mount object storage as a file system to share it."
             )
         self.location = pathlib.Path(text[len("file://"):] if self.shared else text).expanduser().absolute()
-        # A pathlib location keeps joblib from adding a "joblib/" level.
-        self.memory = joblib.Memory(self.location, backend="asyncpipe", verbose=0)
-        self._backend: ParquetStoreBackend = self.memory.store_backend
+        self._backend: ParquetStoreBackend = open_store(self.location)
         self._mem = MemoryTier(memory_limit)
         self._index: dict[str, StageIndex] = {}
         self._all_keys: set[str] = set()
@@ -170,9 +167,7 @@ class Cache:
         """The stored value: from memory, else from disk in a thread. CacheError if unusable."""
         frozen = self._mem.get(key)
         if frozen is not MISSING:
-            if isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE:
-                return await asyncio.to_thread(thaw, frozen)
-            return thaw(frozen)
+            return thaw(frozen) if _thaws_inline(frozen) else await asyncio.to_thread(thaw, frozen)
         pending = self._pending.get(key)
         if pending is not None:  # evicted from memory before its write finished
             await asyncio.wrap_future(pending)
@@ -207,7 +202,7 @@ class Cache:
             if frozen is MISSING:
                 if key not in self._pending:
                     todo.append(key)
-            elif not (isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE):
+            elif _thaws_inline(frozen):
                 out[key] = thaw(frozen)
         if todo:
             for key, value, frozen, nbytes in await asyncio.to_thread(self._read_batch, stage, todo):
@@ -234,21 +229,8 @@ class Cache:
             nbytes = estimate_size(frozen)
             if nbytes <= ADMIT_ON_STORE:
                 self._mem.put(key, stage, frozen, nbytes)
-            idx = self._stage(stage)
-            idx.keys.add(key)
-            self._all_keys.add(key)
-            idx.corrupt.discard(key)
-            record = parts.record() if parts is not None else None
-            if record is not None:
-                idx.records[partition_id] = record
-                if record.code in self._code_funcs:
-                    idx.codes.setdefault(record.code, self._code_funcs[record.code])
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="asyncpipe-cache")
-            fut = self._writer.submit(self._write, stage, key, frozen, fmt, record, partition_id)
-            self._pending[key] = fut
-            fut.add_done_callback(functools.partial(self._done, key))
-            return fut
+            record = self._register(stage, key, parts, partition_id)
+            return self._submit(key, stage, key, frozen, fmt, record, partition_id)
         except Exception as exc:
             self._warn(f"Could not cache stage {stage!r} output: {exc!r}; the run continues.")
         return None
@@ -321,7 +303,7 @@ class Cache:
         return idx
 
     def _call_id(self, stage: str, key: str) -> list[str]:
-        return [stage_dirname(stage), key]
+        return entry_id(stage_dirname(stage), key)
 
     def _read(self, stage: str, key: str) -> tuple[Any, Any, int]:
         value, nbytes = self._backend.read_entry_sized(self._call_id(stage, key))
@@ -339,25 +321,31 @@ class Cache:
 
     def record(self, stage: str, key: str, parts: KeyParts | None, partition_id: str) -> None:
         """Register an entry that was written elsewhere (by a cluster worker, on shared storage)."""
+        record = self._register(stage, key, parts, partition_id)
+        if record is not None:  # only the log line is ours to write
+            self._submit(f"record:{key}", stage, key, None, "", record, partition_id)
+
+    def _register(self, stage: str, key: str, parts: KeyParts | None, partition_id: str) -> Record | None:
+        """Put a new entry in the stage's index (and the partition's record, when known)."""
         idx = self._stage(stage)
         idx.keys.add(key)
         self._all_keys.add(key)
         idx.corrupt.discard(key)
         record = parts.record() if parts is not None else None
-        if record is None:
-            return
-        idx.records[partition_id] = record
-        if record.code in self._code_funcs:
-            idx.codes.setdefault(record.code, self._code_funcs[record.code])
+        if record is not None:
+            idx.records[partition_id] = record
+            if record.code in self._code_funcs:
+                idx.codes.setdefault(record.code, self._code_funcs[record.code])
+        return record
+
+    def _submit(self, pending: str, *job: Any) -> Future[None]:
+        """Run ``_write(*job)`` on a writer thread, tracked as ``pending`` until it is done."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="asyncpipe-cache")
-        fut = self._writer.submit(self._write, stage, key, None, "", record, partition_id)
-        self._pending[f"record:{key}"] = fut
-        fut.add_done_callback(functools.partial(self._done, f"record:{key}"))
-
-    def stage_dir(self, stage: str) -> str:
-        """The directory name of ``stage`` under :attr:`location`."""
-        return stage_dirname(stage)
+        fut = self._writer.submit(self._write, *job)
+        self._pending[pending] = fut
+        fut.add_done_callback(functools.partial(self._done, pending))
+        return fut
 
     def _write(self, stage: str, key: str, frozen: Any, fmt: str, record: Record | None, pid: str) -> None:
         try:
@@ -398,3 +386,8 @@ class Cache:
     def _emit_deferred(self) -> None:
         while self._deferred:
             self._warn(self._deferred.pop(0))
+
+
+def _thaws_inline(frozen: Any) -> bool:
+    """Whether a memory-tier value is cheap to thaw on the loop (all but big pickles)."""
+    return not (isinstance(frozen, _Pickled) and len(frozen.data) > _THAW_INLINE)

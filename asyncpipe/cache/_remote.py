@@ -39,18 +39,10 @@ def _backend(location: str) -> Any:
     with _lock:
         backend = _backends.get(location)
         if backend is None:
-            import joblib
+            from ._store import open_store
 
-            from . import _store  # noqa: F401 - registers the "asyncpipe" backend
-
-            # a pathlib location, as Cache uses: joblib adds no "joblib/" level under it
-            memory = joblib.Memory(pathlib.Path(location), backend="asyncpipe", verbose=0)
-            backend = _backends[location] = memory.store_backend
+            backend = _backends[location] = open_store(pathlib.Path(location))
         return backend
-
-
-def _call_id(stage_dir: str, key: str) -> list[str]:
-    return [stage_dir, key]
 
 
 class StoreOnWorker:
@@ -68,10 +60,10 @@ class StoreOnWorker:
         if inspect.isawaitable(value):
             value = asyncio.run(_await(value))
         from ._memory import freeze
-        from ._store import choose_format
+        from ._store import choose_format, entry_id
 
         fmt, _problem = choose_format(value)
-        _backend(self.location).write_entry(_call_id(self.stage_dir, key), freeze(value), fmt)
+        _backend(self.location).write_entry(entry_id(self.stage_dir, key), freeze(value), fmt)
         return value
 
 
@@ -81,4 +73,6 @@ async def _await(awaitable: Any) -> Any:
 
 def load_entry(location: str, stage_dir: str, key: str) -> Any:
     """Read one entry where this code runs (a worker): raises if it is missing or corrupt."""
-    return _backend(location).read_entry(_call_id(stage_dir, key))
+    from ._store import entry_id
+
+    return _backend(location).read_entry(entry_id(stage_dir, key))

@@ -40,11 +40,19 @@ from typing import Any, ClassVar
 import xxhash
 from joblib import numpy_pickle
 from joblib._store_backends import CacheItemInfo, FileSystemStoreBackend
-from joblib.memory import register_store_backend
+from joblib.memory import Memory, register_store_backend
 
 from .._exceptions import CacheError
 
-__all__ = ["PARQUET", "PICKLE", "CorruptEntry", "ParquetStoreBackend", "parquet_problem"]
+__all__ = [
+    "PARQUET",
+    "PICKLE",
+    "CorruptEntry",
+    "ParquetStoreBackend",
+    "entry_id",
+    "open_store",
+    "parquet_problem",
+]
 
 PARQUET = "output.parquet"
 PICKLE = "output.pkl"
@@ -365,3 +373,14 @@ def choose_format(value: Any) -> tuple[str, str | None]:
 
 
 register_store_backend("asyncpipe", ParquetStoreBackend)
+
+
+def open_store(location: os.PathLike[str]) -> ParquetStoreBackend:
+    """The store backend of a cache directory, opened through ``joblib.Memory``. Pass a
+    pathlib location: joblib then adds no ``joblib/`` level under it."""
+    return Memory(location, backend="asyncpipe", verbose=0).store_backend
+
+
+def entry_id(stage_dir: str, key: str) -> list[str]:
+    """The backend's call id of an entry: ``<stage dir>/<key>/`` under the location."""
+    return [stage_dir, key]

@@ -501,6 +501,10 @@ async def test_shared_cache_is_written_and_read_by_the_workers(cluster, tmp_path
         assert os.getpid() not in worker_pids
         entries = list((location / "load").glob("*/output.*"))
         assert len(entries) == 6  # written by the workers themselves
+        from asyncpipe.cache._index import read_stage
+
+        # ... and the client logged each partition's record ("why recomputed" needs them)
+        assert len(read_stage(str(location / "load")).records) == 6
         fetched_first = ex.fetched
         assert fetched_first == 12  # only the kept outputs, at the end (6 load + 6 tag)
 
