@@ -83,8 +83,7 @@ def _visit(obj: Any, home_module: str | None, out: dict[str, str], seen: set[int
         return
     module = obj.__module__
     if isinstance(obj, type):
-        normalized, names, globalns = _normalize(obj)
-        out[_qualname(obj)] = xxhash.xxh3_64_hexdigest(normalized)
+        out[_qualname(obj)], names, globalns = _class_hash(obj)
     else:
         out[_qualname(obj)], names = _function_hash(obj)
         globalns = obj.__globals__
@@ -150,10 +149,8 @@ def _qualname(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
 
 
-def _normalize(obj: types.FunctionType | type) -> tuple[bytes, set[str], dict[str, Any]]:
+def _normalize(obj: types.FunctionType) -> tuple[bytes, set[str], dict[str, Any]]:
     """(normalized text, global names referred to, the globals to resolve them in)."""
-    if isinstance(obj, type):
-        return _normalize_class(obj)
     # Globals from the bytecode: parameters and locals that share a global's name
     # (a stage parameter named after its upstream stage, say) are not followed.
     names = _code_names(obj.__code__)
@@ -166,10 +163,11 @@ def _normalize(obj: types.FunctionType | type) -> tuple[bytes, set[str], dict[st
     return ast.dump(node, annotate_fields=False, include_attributes=False).encode(), names, obj.__globals__
 
 
-def _normalize_class(cls: type) -> tuple[bytes, set[str], dict[str, Any]]:
+def _class_hash(cls: type) -> tuple[str, set[str], dict[str, Any]]:
     """A class by its methods (whose source is findable even where the class's is not,
-    e.g. in IPython cells on Python 3.11), its bases and its plain attributes."""
-    h = xxhash.xxh3_128()
+    e.g. in IPython cells on Python 3.11; each through the memo of :func:`_function_hash`),
+    its bases and its plain attributes: (hash, global names read, globals to resolve them)."""
+    h = xxhash.xxh3_64()
     h.update(repr([b.__qualname__ for b in cls.__bases__]).encode())
     names: set[str] = set()
     module = sys.modules.get(cls.__module__)
@@ -177,12 +175,13 @@ def _normalize_class(cls: type) -> tuple[bytes, set[str], dict[str, Any]]:
     for attr, value in sorted(vars(cls).items()):
         fn = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
         if isinstance(fn, types.FunctionType):
-            text, fn_names, globalns = _normalize(fn)
-            h.update(f"{attr}:".encode() + text)
+            digest, fn_names = _function_hash(fn)
+            h.update(f"{attr}:{digest}".encode())
             names |= fn_names
+            globalns = fn.__globals__
         elif isinstance(value, _CONST_TYPES) and not attr.startswith("__"):
             h.update(f"{attr}={value!r}".encode())
-    return h.hexdigest().encode(), names, globalns
+    return h.hexdigest(), names, globalns
 
 
 def _strip(node: ast.AST, *, top: bool) -> None:

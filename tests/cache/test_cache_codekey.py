@@ -172,6 +172,34 @@ def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_pat
     assert code_key(module.f) == fresh
 
 
+def test_code_memo_covers_the_methods_of_classes_a_stage_uses(tmp_path, monkeypatch):
+    from asyncpipe.cache import _codekey
+    from asyncpipe.cache._codememo import CodeMemo
+
+    src = BASE + textwrap.dedent('''
+        class Box:
+            def get(self):
+                return helper(1)
+
+        def g(x):
+            return Box().get()
+        ''')
+    module = load(tmp_path, src)
+    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
+    fresh = code_key(module.g)
+    memo_file = str(tmp_path / "memo.json")
+    _codekey.MEMO.save(memo_file)
+    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
+    _codekey.MEMO.load(memo_file)
+
+    def no_parsing(obj):
+        raise AssertionError(f"parsed {obj.__qualname__} although the memo knows it")
+
+    monkeypatch.setattr(_codekey, "_normalize", no_parsing)
+    assert code_key(module.g) == fresh
+    assert "Box" in fresh[1]
+
+
 def test_code_memo_misses_on_a_real_edit_and_survives_a_damaged_file(tmp_path, monkeypatch):
     from asyncpipe.cache import _codekey
     from asyncpipe.cache._codememo import CodeMemo
