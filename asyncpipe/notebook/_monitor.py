@@ -99,8 +99,6 @@ class Monitor:
         self.errors = w.HTML()
         self.chart = w.Image(format="png", layout=w.Layout(width="100%", max_width="900px"))
         self.charts = None
-        #: draw chart frames in a helper process (keeps matplotlib off the kernel's GIL)
-        self.render_out_of_process = True
         if charts:
             from ._charts import LiveCharts
 
@@ -280,7 +278,7 @@ class Monitor:
         """A PNG frame, drawn in the chart helper process (see ``_render``), else a thread."""
         from . import _render
 
-        pool = _render.renderer() if self.render_out_of_process else None
+        pool = _render.renderer()
         frame = charts.frame()
         if pool is not None:
             try:

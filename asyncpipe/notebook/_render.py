@@ -23,6 +23,8 @@ _pool: Any = None
 _failed = False
 _lock = threading.Lock()
 _figures: dict[tuple[str, ...], Any] = {}  # in the helper process: one figure per stage list
+#: figures the helper keeps (the least recently used go first)
+MAX_FIGURES = 8
 
 
 def renderer() -> Any:
@@ -51,17 +53,22 @@ def _shutdown() -> None:
 
 
 def discard() -> None:
-    """Forget a broken helper: the next frame renders in a thread."""
+    """Forget a broken helper (and stop it): the next frames render in a thread."""
     global _pool, _failed
     with _lock:
-        _pool, _failed = None, True
+        pool, _pool, _failed = _pool, None, True
+    if pool is not None:
+        pool.shutdown(wait=False, kill_workers=True)
 
 
 def render_frame(stages: tuple[str, ...], frame: dict[str, Any], relayout: bool) -> bytes:
     """In the helper process: draw ``frame`` on this stage list's figure; PNG bytes."""
-    charts = _figures.get(stages)
+    charts = _figures.pop(stages, None)
     if charts is None:
         from ._charts import LiveCharts
 
-        charts = _figures[stages] = LiveCharts(list(stages))
+        charts = LiveCharts(list(stages))
+        while len(_figures) >= MAX_FIGURES:
+            del _figures[next(iter(_figures))]
+    _figures[stages] = charts  # most recently used last
     return bytes(charts.render(frame, relayout=relayout))

@@ -146,7 +146,7 @@ async def test_chart_frames_are_drawn_in_a_helper_process_with_a_thread_fallback
 
     async def spy(self, charts, final):
         png = await real(self, charts, final)
-        pool = _render.renderer() if self.render_out_of_process else None
+        pool = _render.renderer()
         drawn_in.append(pool.submit(os.getpid).result() if pool is not None else os.getpid())
         return png
 
@@ -155,6 +155,7 @@ async def test_chart_frames_are_drawn_in_a_helper_process_with_a_thread_fallback
     await mon
     assert mon.chart.value[:4] == b"\x89PNG"
     assert drawn_in and os.getpid() not in drawn_in  # matplotlib ran in the helper, not here
+    assert "figure" not in vars(mon.charts)  # ... and this process never built a figure
 
     # no helper available: frames are still drawn, in a thread of this process
     monkeypatch.setattr(_render, "renderer", lambda: None)
@@ -162,6 +163,7 @@ async def test_chart_frames_are_drawn_in_a_helper_process_with_a_thread_fallback
     mon = Monitor(_pipe().start(range(20)))
     await mon
     assert mon.chart.value[:4] == b"\x89PNG" and drawn_in and set(drawn_in) == {os.getpid()}
+    assert "figure" in vars(mon.charts)
 
 
 @pytest.mark.asyncio
@@ -173,3 +175,16 @@ async def test_the_header_names_the_stages_in_threads_when_the_loop_stalled(comm
     assert set(result.stall_suspects) == {"hold"}
     assert "during hold" in mon.header.value
     assert "title=\"executor='process' or 'dask'" in mon.header.value  # the tooltip says what to do
+
+
+def test_the_chart_helper_keeps_a_bounded_number_of_figures(monkeypatch):
+    from asyncpipe.notebook import _render
+
+    monkeypatch.setattr(_render, "_figures", {})
+    monkeypatch.setattr(_render, "MAX_FIGURES", 2)
+    for stages in (("a",), ("b",), ("a",), ("c",)):
+        (name,) = stages
+        frame = {"t": [0.0, 1.0], "throughput": {name: [1.0, 2.0]}, "limit": {name: [1, 1]},
+                 "cpu": [10.0, 20.0], "rss": [1e6, 2e6]}
+        assert _render.render_frame(stages, frame, False)[:4] == b"\x89PNG"
+    assert list(_render._figures) == [("a",), ("c",)]  # "b" was the least recently used
