@@ -5,22 +5,8 @@ due time and starts a run (``pipe.start``), so it lives exactly as long as the
 kernel and never blocks a cell. If the previous scheduled run is still going
 when the next one is due, that occurrence is recorded as ``skipped`` instead
 of piling up runs. Cron expressions use croniter in the machine's local time
-zone. Every schedule is listed by :func:`schedules` until cancelled.
-
->>> import asyncio, tempfile, asyncpipe as ap
->>> from asyncpipe._clock import FakeClock
->>> def numbers(n):
-...     return n
->>> async def main():
-...     clock = FakeClock()
-...     pipe = ap.Pipeline([numbers], cache=False, workdir=tempfile.mkdtemp())
-...     sched = schedule(pipe, inputs=[1, 2], every=1, clock=clock)
-...     await clock.run_for(61, step=1)      # one minute passes: one run starts
-...     await sched.history[0].handle
-...     sched.cancel()
-...     return [r.status for r in sched.history], sched in schedules()
->>> asyncio.run(main())
-(['succeeded'], False)
+zone. Every schedule is listed by :func:`schedules` until cancelled; :func:`schedule`
+has an example.
 """
 
 from __future__ import annotations
