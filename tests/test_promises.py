@@ -145,3 +145,12 @@ def test_cli_run_prints_a_summary_and_fails_on_failures(tmp_path):
     assert "1 failure(s) recorded in" in failed.stdout
     missing = cli("run", "jobs.py:nope", "-i", "a")
     assert missing.returncode != 0 and "has no 'nope'" in missing.stderr
+
+
+@pytest.mark.asyncio
+async def test_changing_a_limit_before_the_stages_exist_says_what_to_do():
+    pipe = ap.Pipeline([ap.source(lambda i: i, name="work")], cache=False)
+    handle = pipe.start(range(3))  # returns at once: the run has not built its stages yet
+    with pytest.raises(RuntimeError, match=r"has not started its stages yet.*pipe.configure"):
+        handle.set_concurrency("work", 4)
+    assert (await handle).output() == [0, 1, 2]
