@@ -77,25 +77,39 @@ async def test_auto_runs_cheap_functions_inline_and_slow_ones_in_threads():
     assert main not in seen["slow"]  # too slow for the loop: stays in threads
 
 
-@pytest.mark.asyncio
-async def test_cpu_bound_auto_stages_share_the_cpu_slots():
-    import threading
+class _Overlap:
+    """A CPU-burning call (3 ms on the CPU: "auto" finds it CPU-bound) that records the
+    most calls ever running at once."""
 
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __call__(self, x):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        _busy(0.003)
+        with self._lock:
+            self.now -= 1
+        return x
+
+
+@pytest.fixture
+def one_cpu_slot():
     from asyncpipe import _cpuslots
 
     default = _cpuslots.SLOTS
     _cpuslots.configure(1)
-    lock = threading.Lock()
-    state = {"now": 0, "most": 0}
+    yield
+    _cpuslots.configure(default)
 
-    def crunch(x):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        _busy(0.003)  # on the CPU: "auto" finds these stages CPU-bound
-        with lock:
-            state["now"] -= 1
-        return x
+
+@pytest.mark.asyncio
+async def test_cpu_bound_auto_stages_share_the_cpu_slots(one_cpu_slot):
+    crunch = _Overlap()
 
     def first(i):
         return crunch(i)
@@ -104,44 +118,25 @@ async def test_cpu_bound_auto_stages_share_the_cpu_slots():
         return crunch(first)
 
     pipe = ap.Pipeline([ap.source(first), ap.stage(second)], cache=False)
-    try:
-        result = await pipe.run(range(40), monitor=False)
-    finally:
-        _cpuslots.configure(default)
+    result = await pipe.run(range(40), monitor=False)
     assert result.output() == list(range(40))
     # both stages have 4 threads, yet with one slot no two calls ever overlapped
-    assert state["most"] == 1
+    assert crunch.most == 1
 
 
 @pytest.mark.asyncio
-async def test_a_cpu_bound_auto_stage_with_explicit_concurrency_keeps_it():
+async def test_a_cpu_bound_auto_stage_with_explicit_concurrency_keeps_it(one_cpu_slot):
     """The slots and the one-thread-per-slot cap are for stages left at the default
     concurrency: an explicit ``concurrency=`` is the user's call and is honoured."""
-    import threading
+    crunch = _Overlap()
 
-    from asyncpipe import _cpuslots
+    def work(i):
+        return crunch(i)
 
-    default = _cpuslots.SLOTS
-    _cpuslots.configure(1)
-    lock = threading.Lock()
-    state = {"now": 0, "most": 0}
-
-    def crunch(i):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        _busy(0.003)
-        with lock:
-            state["now"] -= 1
-        return i
-
-    pipe = ap.Pipeline([ap.source(crunch, concurrency=3)], cache=False)
-    try:
-        result = await pipe.run(range(60), monitor=False)
-    finally:
-        _cpuslots.configure(default)
+    pipe = ap.Pipeline([ap.source(work, concurrency=3)], cache=False)
+    result = await pipe.run(range(60), monitor=False)
     assert result.output() == list(range(60))
-    assert state["most"] >= 2  # with one slot and a cap of one thread it would stay 1
+    assert crunch.most >= 2  # with one slot and a cap of one thread it would stay 1
 
 
 def test_a_pipeline_inside_a_slotted_stage_does_not_deadlock(monkeypatch):

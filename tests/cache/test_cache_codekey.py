@@ -151,13 +151,28 @@ def transform(load):
     assert set(code_key(mod.transform)[1]) == {"transform"}
 
 
-def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_path, monkeypatch):
+WITH_CLASS = BASE + textwrap.dedent('''
+    class Box:
+        def get(self):
+            return helper(1)
+
+    def g(x):
+        return Box().get()
+    ''')
+
+
+@pytest.mark.parametrize(("source", "stage", "part"), [(BASE, "f", "f"), (WITH_CLASS, "g", "Box")],
+                         ids=["function", "class-methods"])
+def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(
+    tmp_path, monkeypatch, source, stage, part
+):
     from asyncpipe.cache import _codekey
     from asyncpipe.cache._codememo import CodeMemo
 
-    module = load(tmp_path, BASE)
+    fn = getattr(load(tmp_path, source), stage)
     monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
-    fresh = code_key(module.f)
+    fresh = code_key(fn)
+    assert part in fresh[1]
     memo_file = str(tmp_path / "memo.json")
     _codekey.MEMO.save(memo_file)
 
@@ -169,35 +184,7 @@ def test_code_memo_gives_the_same_keys_and_skips_parsing_in_a_fresh_memo(tmp_pat
         raise AssertionError(f"parsed {obj.__qualname__} although the memo knows it")
 
     monkeypatch.setattr(_codekey, "_normalize", no_parsing)
-    assert code_key(module.f) == fresh
-
-
-def test_code_memo_covers_the_methods_of_classes_a_stage_uses(tmp_path, monkeypatch):
-    from asyncpipe.cache import _codekey
-    from asyncpipe.cache._codememo import CodeMemo
-
-    src = BASE + textwrap.dedent('''
-        class Box:
-            def get(self):
-                return helper(1)
-
-        def g(x):
-            return Box().get()
-        ''')
-    module = load(tmp_path, src)
-    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
-    fresh = code_key(module.g)
-    memo_file = str(tmp_path / "memo.json")
-    _codekey.MEMO.save(memo_file)
-    monkeypatch.setattr(_codekey, "MEMO", CodeMemo())
-    _codekey.MEMO.load(memo_file)
-
-    def no_parsing(obj):
-        raise AssertionError(f"parsed {obj.__qualname__} although the memo knows it")
-
-    monkeypatch.setattr(_codekey, "_normalize", no_parsing)
-    assert code_key(module.g) == fresh
-    assert "Box" in fresh[1]
+    assert code_key(fn) == fresh
 
 
 def test_code_memo_misses_on_a_real_edit_and_survives_a_damaged_file(tmp_path, monkeypatch):
